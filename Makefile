@@ -1,0 +1,18 @@
+# The two commands of the README. Each first runs tools/install.sh, which installs what is missing
+# into .venv (a no-op taking about a second once everything is there).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: install demo test
+
+install:
+	@VENV=$(abspath $(VENV)) bash tools/install.sh
+
+demo: install
+	$(PY) tools/demo.py
+
+# pytest exits 5 when it collected no test: that is a failure here, said out loud.
+test: install
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: FAILED - pytest collected no tests" >&2; fi; exit $$rc

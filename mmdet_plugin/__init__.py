@@ -1,0 +1,12 @@
+"""Registers the MambaOut backbone in mmdet's ``MODELS``: ``custom_imports=dict(imports=['mmdet_plugin'])``."""
+from backbones.stack import check_stack
+
+check_stack('mmdet')
+
+from mmdet.registry import MODELS  # noqa: E402  (after the stack check, which explains a broken mmcv)
+
+from backbones import MambaOut  # noqa: E402
+
+MODELS.register_module(module=MambaOut)
+
+__all__ = ['MambaOut']

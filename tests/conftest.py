@@ -1,0 +1,54 @@
+"""Shared test helpers: models with random weights and checkpoints written in the official and timm layouts.
+
+Nothing is downloaded: every checkpoint is made here from random weights.
+"""
+import re
+
+import pytest
+import torch
+
+# Official release layout <- timm layout (the inverse of timm's checkpoint_filter_fn).
+_TIMM_TO_OFFICIAL = (
+    (r'^stem\.', 'downsample_layers.0.'),
+    (r'^stages\.(\d+)\.downsample\.', r'downsample_layers.\1.'),
+    (r'^stages\.(\d+)\.blocks\.(\d+)\.', r'stages.\1.\2.'),
+    (r'^head\.norm\.', 'norm.'),
+    (r'^head\.pre_logits\.fc\.', 'head.fc1.'),
+    (r'^head\.pre_logits\.norm\.', 'head.norm.'),
+    (r'^head\.fc\.', 'head.fc2.'),
+)
+
+
+def timm_to_official(state):
+    out = {}
+    for key, value in state.items():
+        for pattern, repl in _TIMM_TO_OFFICIAL:
+            new = re.sub(pattern, repl, key)
+            if new != key:
+                key = new
+                break
+        out[key] = value
+    return out
+
+
+def randomize_(model, seed=0):
+    """Random weights everywhere, norms and LayerScale included, so that a wrong mapping shows."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=gen)
+            if name.endswith('gamma') or ('norm' in name and name.endswith('weight')):
+                param.copy_(1. + 0.1 * noise if not name.endswith('gamma') else 0.5 + 0.1 * noise)
+            else:
+                param.copy_(0.05 * noise)
+    return model
+
+
+@pytest.fixture
+def timm_model():
+    timm = pytest.importorskip('timm')
+
+    def make(arch, seed=0):
+        return randomize_(timm.create_model(f'mambaout_{arch}', pretrained=False), seed).eval()
+
+    return make

@@ -1,0 +1,186 @@
+"""MambaOut backbone: exactness against timm, pyramid shapes, options, and errors."""
+import pytest
+import torch
+from torch import nn
+
+from backbones import MambaOut, arch_settings, to_backbone_state_dict
+
+ALL_ARCHS = sorted(arch_settings)
+TINY_ARCH = dict(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32))
+
+
+def conv_out(size):  # one 3x3, stride-2, padding-1 conv
+    return (size - 1) // 2 + 1
+
+
+def expected_sizes(h, w):
+    sizes, h, w = [], conv_out(conv_out(h)), conv_out(conv_out(w))
+    for _ in range(4):
+        sizes.append((h, w))
+        h, w = conv_out(h), conv_out(w)
+    return sizes
+
+
+@pytest.mark.parametrize('arch', ALL_ARCHS)
+def test_same_network_as_timm(arch, timm_model):
+    reference = timm_model(arch)
+    model = MambaOut(arch, with_output_norm=False).eval()
+    state, dropped = to_backbone_state_dict(reference.state_dict())
+    model.load_state_dict(state, strict=True)
+    assert dropped and all(k.startswith('head.') for k in dropped)
+
+    x = torch.randn(1, 3, 67, 90)
+    with torch.no_grad():
+        expected = reference.forward_intermediates(x, intermediates_only=True)
+        outputs = model(x)
+    assert len(outputs) == 4
+    for out, ref in zip(outputs, expected):
+        assert out.shape == ref.shape
+        assert (out - ref).abs().max().item() <= 1e-5
+
+    head_params = sum(p.numel() for p in reference.head.parameters())
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in reference.parameters()) - head_params
+
+
+@pytest.mark.parametrize('size', [(224, 224), (511, 511), (112, 137), (33, 65)])
+def test_pyramid_shapes_follow_conv_arithmetic(size):
+    model = MambaOut(TINY_ARCH).eval()
+    with torch.no_grad():
+        outputs = model(torch.randn(2, 3, *size))
+    assert [tuple(o.shape[2:]) for o in outputs] == expected_sizes(*size)
+    assert [o.shape[1] for o in outputs] == list(TINY_ARCH['dims']) == list(model.out_channels)
+    assert all(o.shape[0] == 2 for o in outputs)
+
+
+def test_strides_4_8_16_32():
+    with torch.no_grad():
+        outputs = MambaOut(TINY_ARCH).eval()(torch.randn(1, 3, 256, 320))
+    assert [tuple(o.shape[2:]) for o in outputs] == [(256 // s, 320 // s) for s in (4, 8, 16, 32)]
+
+
+def test_every_parameter_gets_a_gradient_and_no_nan():
+    model = MambaOut(dict(TINY_ARCH, ls_init_value=1e-2), drop_path_rate=0.1).train()
+    outputs = model(torch.randn(2, 3, 64, 48))
+    sum(o.float().pow(2).mean() for o in outputs).backward()
+    for out in outputs:
+        assert torch.isfinite(out).all()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert no_grad == []
+
+
+def test_output_norms_only_for_out_indices_and_switchable():
+    model = MambaOut(TINY_ARCH, out_indices=(1, 3))
+    assert hasattr(model, 'norm1') and hasattr(model, 'norm3')
+    assert not hasattr(model, 'norm0') and not hasattr(model, 'norm2')
+    outputs = model.eval()(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outputs] == [16, 32]
+
+    plain = MambaOut(TINY_ARCH, with_output_norm=False)
+    assert not any(name.startswith('norm') for name, _ in plain.named_children())
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith('norm')}, strict=False)
+
+
+def test_output_norm_is_a_layernorm_over_channels():
+    model = MambaOut(TINY_ARCH, out_indices=(3,)).eval()
+    plain = MambaOut(TINY_ARCH, out_indices=(3,), with_output_norm=False).eval()
+    plain.load_state_dict(model.state_dict(), strict=False)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        normed, raw = model(x)[0], plain(x)[0]
+    expected = nn.functional.layer_norm(raw.permute(0, 2, 3, 1), (32,), eps=1e-6).permute(0, 3, 1, 2)
+    torch.testing.assert_close(normed, expected)
+
+
+def test_negative_out_indices_and_callers_list_untouched():
+    requested = [-1, 0]
+    model = MambaOut(TINY_ARCH, out_indices=requested)
+    assert model.out_indices == (0, 3)
+    assert requested == [-1, 0]
+
+
+def test_with_cp_gives_same_outputs_and_gradients():
+    torch.manual_seed(0)
+    plain = MambaOut(TINY_ARCH).train()
+    checkpointed = MambaOut(TINY_ARCH, with_cp=True).train()
+    checkpointed.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    losses = []
+    for model in (plain, checkpointed):
+        loss = sum(o.pow(2).mean() for o in model(x))
+        loss.backward()
+        losses.append(loss.detach())
+    torch.testing.assert_close(losses[0], losses[1])
+    for (name, p1), (_, p2) in zip(plain.named_parameters(), checkpointed.named_parameters()):
+        torch.testing.assert_close(p1.grad, p2.grad, msg=name)
+
+
+def test_drop_path_increases_linearly_over_blocks():
+    model = MambaOut(TINY_ARCH, drop_path_rate=0.3)
+    rates = [getattr(block.drop_path, 'drop_prob', 0.) for stage in model.stages for block in stage.blocks]
+    torch.testing.assert_close(torch.tensor(rates), torch.linspace(0, 0.3, sum(TINY_ARCH['depths'])))
+
+
+@pytest.mark.parametrize('frozen_stages', [-1, 0, 1, 2, 4])
+def test_frozen_stages_get_no_gradient_and_stay_in_eval(frozen_stages):
+    model = MambaOut(TINY_ARCH, frozen_stages=frozen_stages)
+    model.train()
+    frozen = ([model.stem] if frozen_stages >= 0 else []) + \
+        [m for i in range(max(frozen_stages, 0)) for m in (model.stages[i], getattr(model, f'norm{i}'))]
+    trainable = [m for m in [model.stem, *model.stages, *(getattr(model, f'norm{i}') for i in range(4))]
+                 if all(m is not f for f in frozen)]
+    for module in frozen:
+        assert all(not p.requires_grad for p in module.parameters())
+        assert all(not m.training for m in module.modules())
+    for module in trainable:
+        assert all(p.requires_grad for p in module.parameters())
+        assert module.training
+    if trainable:
+        sum(o.mean() for o in model(torch.randn(1, 3, 64, 64))).backward()
+        assert all(p.grad is None for m in frozen for p in m.parameters())
+
+
+def test_norm_eval_keeps_norms_in_eval_mode():
+    model = MambaOut(TINY_ARCH, norm_eval=True).train()
+    norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
+    assert norms and all(not m.training for m in norms)
+    assert model.stages[0].blocks[0].fc1.training
+
+
+def test_in_channels_and_custom_arch():
+    model = MambaOut(dict(depths=(1, 1, 1), dims=(8, 16, 32), act='silu', conv_ratio=0.5), in_channels=1,
+                     out_indices=(0, 1, 2)).eval()
+    outputs = model(torch.randn(1, 1, 64, 64))
+    assert [tuple(o.shape) for o in outputs] == [(1, 8, 16, 16), (1, 16, 8, 8), (1, 32, 4, 4)]
+    assert isinstance(model.stages[0].blocks[0].act, nn.SiLU)
+    assert model.stages[0].blocks[0].conv.in_channels == 4
+
+
+def test_default_init_is_truncated_normal_and_unit_norms():
+    model = MambaOut(TINY_ARCH)
+    model.init_weights()
+    fc1 = model.stages[2].blocks[1].fc1
+    # std 0.02 as in timm/official (torch's default for this fan-in would be about 0.12)
+    assert 0.015 < fc1.weight.std().item() < 0.025
+    assert torch.all(fc1.bias == 0)
+    assert torch.all(model.norm0.weight == 1) and torch.all(model.norm0.bias == 0)
+
+
+@pytest.mark.parametrize('kwargs, error, match', [
+    (dict(arch='huge'), ValueError, r"Unknown MambaOut arch 'huge'.*'femto'.*'tiny'"),
+    (dict(arch=dict(depths=(1, 1))), ValueError, r'needs "depths" and "dims"'),
+    (dict(arch=dict(depths=(1, 1), dims=(8,))), ValueError, r'equal length'),
+    (dict(arch=dict(depths=(1,), dims=(8,), act='relu')), ValueError, r"act 'relu' is not one of"),
+    (dict(arch=dict(depths=(1,), dims=(8,), mlp_ratio=4)), ValueError, r'may set'),
+    (dict(arch=dict(depths=(1,), dims=(8,), downsample='pool')), ValueError, r"downsample 'pool'"),
+    (dict(out_indices=(0, 4)), ValueError, r'out_indices \(0, 4\) has 4, out of range.*0\.\.3'),
+    (dict(out_indices=(-5,)), ValueError, r'has -5, out of range'),
+    (dict(out_indices=(1, -3)), ValueError, r'names a stage twice'),
+    (dict(out_indices=()), TypeError, r'non-empty sequence'),
+    (dict(frozen_stages=5), ValueError, r'frozen_stages must be an int in \[-1, 4\].*got 5'),
+    (dict(frozen_stages=-2), ValueError, r'got -2'),
+    (dict(drop_path_rate=1.5), ValueError, r'drop_path_rate must be in \[0, 1\)'),
+])
+def test_bad_arguments_raise_clear_errors(kwargs, error, match):
+    kwargs.setdefault('arch', TINY_ARCH)
+    with pytest.raises(error, match=match):
+        MambaOut(**kwargs)
