@@ -1,0 +1,166 @@
+"""Every config loads, builds (no pretrained download), computes a training loss on CPU, and carries the
+paper's recipe, so that a later edit cannot drift silently."""
+import glob
+import os
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import DefaultScope
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, 'configs', '**', '*.py'), recursive=True)
+                 if '_base_' not in p)
+RELEASE = 'https://github.com/yuweihao/MambaOut/releases/download/model/mambaout_{}.pth'
+SIZES = {'t': ('tiny', 0.3, [96, 192, 384, 576]), 's': ('small', 0.3, [96, 192, 384, 576]),
+         'b': ('base', 0.6, [128, 256, 512, 768])}
+PAPER_DET = {s: f'mask_rcnn_mambaout_{s}_1x.py' for s in SIZES}
+PAPER_SEG = {s: f'upernet_mambaout_{s}_160k_ade20k_512.py' for s in SIZES}
+
+
+def load(name):
+    return Config.fromfile(os.path.join(ROOT, 'configs', name))
+
+
+def test_all_paper_configs_exist():
+    names = {os.path.relpath(p, os.path.join(ROOT, 'configs')) for p in CONFIGS}
+    assert set(PAPER_DET.values()) | set(PAPER_SEG.values()) <= names
+    assert {'toy/mask_rcnn_mambaout_toy.py', 'toy/upernet_mambaout_toy.py'} <= names
+
+
+def det_batch(num_classes):
+    from mmdet.testing import demo_mm_inputs
+    return demo_mm_inputs(batch_size=2, image_shapes=[(3, 96, 128), (3, 128, 96)], num_items=[3, 2],
+                          num_classes=num_classes, with_mask=True)
+
+
+def seg_batch(num_classes):
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    samples = []
+    for h, w in [(96, 128), (128, 96)]:
+        sample = SegDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w)))
+        sample.gt_sem_seg = PixelData(data=torch.randint(0, num_classes, (1, h, w)))
+        samples.append(sample)
+    return dict(inputs=[torch.randint(0, 255, (3, 96, 128), dtype=torch.uint8),
+                        torch.randint(0, 255, (3, 128, 96), dtype=torch.uint8)], data_samples=samples)
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: os.path.relpath(p, os.path.join(ROOT, 'configs')))
+def test_config_builds_and_computes_a_loss(path):
+    cfg = Config.fromfile(path)
+    cfg.model.backbone.init_cfg = None  # nothing is downloaded in tests
+    scope = cfg.default_scope
+    if scope == 'mmdet':
+        from mmdet.registry import MODELS
+        num_classes = cfg.model.roi_head.bbox_head.num_classes
+        batch = det_batch(num_classes)
+    else:
+        from mmseg.registry import MODELS
+        num_classes = cfg.model.decode_head.num_classes
+        cfg.model.data_preprocessor.size = (128, 128)
+        batch = seg_batch(num_classes)
+        # SyncBN needs a process group; the Runner reverts it to BN in one process, and so do we
+        from mmengine.model import revert_sync_batchnorm
+    with DefaultScope.overwrite_default_scope(scope):
+        model = MODELS.build(cfg.model)
+        if scope == 'mmseg':
+            model = revert_sync_batchnorm(model)
+        model.init_weights()
+        model.train()
+        data = model.data_preprocessor(batch, training=True)
+        losses = model(**data, mode='loss')
+    loss, log_vars = model.parse_losses(losses)
+    assert torch.isfinite(loss) and loss.item() > 0
+    loss.backward()
+    assert model.backbone.stem.conv1.weight.grad is not None
+    assert type(model.backbone).__name__ == 'MambaOut'
+
+
+def _types(pipeline):
+    return [t['type'] for t in pipeline]
+
+
+@pytest.mark.parametrize('size', SIZES)
+def test_detection_recipe(size):
+    cfg = load(PAPER_DET[size])
+    arch, drop_path, dims = SIZES[size]
+    backbone = cfg.model.backbone
+    assert backbone.type == 'MambaOut' and backbone.arch == arch and backbone.drop_path_rate == drop_path
+    assert backbone.with_output_norm is True and tuple(backbone.out_indices) == (0, 1, 2, 3)
+    assert backbone.init_cfg == dict(type='Pretrained', checkpoint=RELEASE.format(arch))
+    assert cfg.model.neck.in_channels == dims and cfg.model.type == 'MaskRCNN'
+    assert cfg.custom_imports == dict(imports=['mmdet_plugin'], allow_failed_imports=False)
+    # optimizer: AdamW 1e-4, wd 0.05, none on norms/biases, no layer-wise decay; FP16 dynamic loss scale
+    optim = cfg.optim_wrapper
+    assert optim.type == 'AmpOptimWrapper' and optim.loss_scale == 'dynamic'
+    assert optim.optimizer == dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05)
+    assert optim.paramwise_cfg == dict(norm_decay_mult=0., bias_decay_mult=0.)
+    assert 'constructor' not in optim
+    # 1x: 12 epochs, steps at 8 and 11, linear warm-up
+    assert cfg.train_cfg.max_epochs == 12
+    warmup, steps = cfg.param_scheduler
+    assert warmup.type == 'LinearLR' and not warmup.by_epoch and warmup.end == 500
+    assert steps.type == 'MultiStepLR' and steps.milestones == [8, 11] and steps.gamma == 0.1
+    # batch 16 = 4 GPUs x 4, lr scaled for other totals
+    assert cfg.train_dataloader.batch_size == 4
+    assert cfg.auto_scale_lr == dict(enable=True, base_batch_size=16)
+    # data: 1333x800, flip, COCO bbox + segm
+    pipeline = cfg.train_dataloader.dataset.pipeline
+    resize = next(t for t in pipeline if t['type'] == 'Resize')
+    assert tuple(resize.scale) == (1333, 800) and resize.keep_ratio
+    assert next(t for t in pipeline if t['type'] == 'RandomFlip').prob == 0.5
+    assert cfg.train_dataloader.dataset.data_root == 'data/coco/'
+    assert cfg.val_evaluator.type == 'CocoMetric' and cfg.val_evaluator.metric == ['bbox', 'segm']
+
+
+@pytest.mark.parametrize('size', SIZES)
+def test_segmentation_recipe(size):
+    cfg = load(PAPER_SEG[size])
+    arch, drop_path, dims = SIZES[size]
+    backbone = cfg.model.backbone
+    assert backbone.type == 'MambaOut' and backbone.arch == arch and backbone.drop_path_rate == drop_path
+    assert backbone.with_output_norm is True
+    assert backbone.init_cfg == dict(type='Pretrained', checkpoint=RELEASE.format(arch))
+    assert cfg.custom_imports == dict(imports=['mmseg_plugin'], allow_failed_imports=False)
+    assert cfg.model.type == 'EncoderDecoder' and cfg.model.pretrained is None
+    assert cfg.model.decode_head.type == 'UPerHead' and cfg.model.decode_head.in_channels == dims
+    assert cfg.model.auxiliary_head.type == 'FCNHead' and cfg.model.auxiliary_head.in_channels == dims[2]
+    assert cfg.model.decode_head.num_classes == 150
+    optim = cfg.optim_wrapper
+    assert optim.type == 'AmpOptimWrapper' and optim.loss_scale == 'dynamic'
+    assert optim.optimizer == dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05)
+    assert optim.paramwise_cfg == dict(norm_decay_mult=0., bias_decay_mult=0.)
+    # 160k iterations: 1500-iteration linear warm-up, then poly decay
+    assert cfg.train_cfg.type == 'IterBasedTrainLoop' and cfg.train_cfg.max_iters == 160000
+    warmup, poly = cfg.param_scheduler
+    assert warmup.type == 'LinearLR' and (warmup.begin, warmup.end) == (0, 1500)
+    assert poly.type == 'PolyLR' and (poly.begin, poly.end) == (1500, 160000) and poly.power == 1.0
+    assert cfg.train_dataloader.batch_size == 4
+    assert cfg.auto_scale_lr == dict(enable=True, base_batch_size=16)
+    # 512x512 crops of ADE20K
+    crop = next(t for t in cfg.train_dataloader.dataset.pipeline if t['type'] == 'RandomCrop')
+    assert tuple(crop.crop_size) == (512, 512) and tuple(cfg.model.data_preprocessor.size) == (512, 512)
+    assert cfg.train_dataloader.dataset.data_root == 'data/ade/ADEChallengeData2016'
+    assert cfg.train_dataloader.dataset.type == 'ADE20KDataset'
+    # mIoU, single-scale and multi-scale (0.5-1.75) + flip through mmseg's TTA
+    assert cfg.val_evaluator.type == 'IoUMetric' and cfg.val_evaluator.iou_metrics == ['mIoU']
+    assert cfg.tta_model.type == 'SegTTAModel'
+    scales, flips = cfg.tta_pipeline[1].transforms[:2]
+    assert [t['scale_factor'] for t in scales] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    assert sorted(t['prob'] for t in flips) == [0.0, 1.0]
+
+
+@pytest.mark.parametrize('toy, paper', [('toy/mask_rcnn_mambaout_toy.py', PAPER_DET['t']),
+                                        ('toy/upernet_mambaout_toy.py', PAPER_SEG['t'])])
+def test_toy_configs_run_the_paper_pipeline(toy, paper):
+    toy_cfg, paper_cfg = load(toy), load(paper)
+    assert toy_cfg.model.type == paper_cfg.model.type
+    assert toy_cfg.model.backbone.type == 'MambaOut' and toy_cfg.model.backbone.init_cfg is None
+    assert toy_cfg.model.backbone.with_output_norm is True
+    assert toy_cfg.optim_wrapper.optimizer.type == paper_cfg.optim_wrapper.optimizer.type == 'AdamW'
+    assert toy_cfg.optim_wrapper.paramwise_cfg == paper_cfg.optim_wrapper.paramwise_cfg
+    assert _types(toy_cfg.train_dataloader.dataset.pipeline) == _types(paper_cfg.train_dataloader.dataset.pipeline)
+    assert [s['type'] for s in toy_cfg.param_scheduler] == [s['type'] for s in paper_cfg.param_scheduler]
+    assert toy_cfg.env_cfg.dist_cfg.backend == 'gloo'
+    assert toy_cfg.train_dataloader.dataset.data_root.startswith('data/toy')

@@ -1,0 +1,85 @@
+"""What tools/train.py and tools/test.py share: config loading and the runner set-up.
+
+mmdet's and mmseg's own train/test scripts do the same with mmengine's Runner; ours serve det and seg
+configs alike (mmseg 1.2.2's package ships no train.py to call) and add one thing mmengine 0.10.7
+lacks: distributed runs on machines without CUDA (its init_dist calls torch.cuda.set_device and its
+DDP wrapper passes device_ids), set up here with the gloo backend; and resuming under torch's
+weights-only ``torch.load`` default, which mmengine 0.10.7 predates (see ``RUNNER_STATE_GLOBALS``).
+"""
+import os
+import os.path as osp
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from mmengine.config import Config, DictAction
+from mmengine.logging import HistoryBuffer
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+
+def add_common_args(parser):
+    parser.add_argument('config', help='config file (mmdet or mmseg)')
+    parser.add_argument('--work-dir', help='where logs and checkpoints go (default: work_dirs/CONFIG_NAME)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries, e.g. train_cfg.max_iters=100')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def load_config(args) -> Config:
+    if not osp.isfile(args.config):
+        raise SystemExit(f'error: config file not found: {args.config}')
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.launcher = args.launcher
+    if args.work_dir:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    if args.launcher != 'none' and not torch.cuda.is_available():
+        _use_gloo_on_cpu(cfg)
+    return cfg
+
+
+def _use_gloo_on_cpu(cfg):
+    """Distributed training on CPU: a gloo process group (set up before the Runner, which then skips its
+    CUDA-only init_dist) and DDP without device_ids."""
+    if not dist.is_initialized():
+        dist.init_process_group(backend='gloo')
+    cfg.env_cfg = {**cfg.get('env_cfg', {}), 'dist_cfg': dict(backend='gloo')}
+    wrapper = dict(cfg.get('model_wrapper_cfg') or {})
+    wrapper.setdefault('type', 'MMDistributedDataParallel')
+    wrapper.setdefault('broadcast_buffers', False)
+    wrapper.setdefault('find_unused_parameters', cfg.get('find_unused_parameters', False))
+    wrapper['device_ids'] = None
+    cfg.model_wrapper_cfg = wrapper
+
+
+# What an mmengine training checkpoint holds besides tensors: the message hub's HistoryBuffers (numpy
+# arrays and scalars, and their statistics methods, pickled as getattr(HistoryBuffer, 'min')).
+# Allowed only while the Runner resumes or loads a checkpoint: torch's weights-only unpickler still
+# calls nothing but allowlisted callables, and every other load (the backbone's pretrained weights)
+# keeps torch's default allowlist.
+_NP_CORE = np._core if hasattr(np, '_core') else np.core  # numpy 2 renamed it
+RUNNER_STATE_GLOBALS = [
+    HistoryBuffer, getattr, np.ndarray, np.dtype, _NP_CORE.multiarray._reconstruct, _NP_CORE.multiarray.scalar,
+    *{type(np.dtype(code)) for code in ('float64', 'float32', 'int64', 'int32', 'bool')},
+]
+
+
+def _with_runner_state_globals(method):
+    def load(*args, **kwargs):
+        with torch.serialization.safe_globals(RUNNER_STATE_GLOBALS):
+            return method(*args, **kwargs)
+    return load
+
+
+def build_runner(cfg) -> Runner:
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    runner.resume = _with_runner_state_globals(runner.resume)
+    runner.load_checkpoint = _with_runner_state_globals(runner.load_checkpoint)
+    return runner
