@@ -114,3 +114,21 @@ def test_broken_dataset_gives_one_clear_error(broken_copy, breakage, config, mat
     assert 'Traceback' not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith('error: ') and re.search(match, last), last
+
+
+@pytest.mark.parametrize('script, args, expected', [
+    ('slurm_train.sh', ['part', 'job', 'cfg.py', 'wd', '--resume'],
+     ['-p part', '--job-name=job', '--ntasks=8', '--gres=gpu:8', 'tools/train.py cfg.py --work-dir=wd --resume --launcher=slurm']),
+    ('slurm_test.sh', ['part', 'job', 'cfg.py', 'ckpt.pth', '--tta'],
+     ['-p part', '--ntasks=8', 'tools/test.py cfg.py ckpt.pth --tta --launcher=slurm']),
+])
+def test_slurm_scripts_compose_the_srun_command(tmp_path, script, args, expected):
+    fake = tmp_path / 'srun'
+    fake.write_text('#!/bin/sh\necho "srun $*"\n')
+    fake.chmod(0o755)
+    env = dict(os.environ, PATH=f'{tmp_path}:{os.environ["PATH"]}', GPUS='8')
+    result = subprocess.run(['bash', tool(script), *args], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    line = next(l for l in result.stdout.splitlines() if l.startswith('srun '))
+    for part in expected:
+        assert part in line, (part, line)
