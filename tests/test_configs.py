@@ -143,11 +143,12 @@ def test_segmentation_recipe(size):
     assert tuple(crop.crop_size) == (512, 512) and tuple(cfg.model.data_preprocessor.size) == (512, 512)
     assert cfg.train_dataloader.dataset.data_root == 'data/ade/ADEChallengeData2016'
     assert cfg.train_dataloader.dataset.type == 'ADE20KDataset'
-    # mIoU, single-scale and multi-scale (0.5-1.75) + flip through mmseg's TTA
+    # mIoU, single-scale and multi-scale (0.5-1.75 of the 2048x512 test scale) + flip through mmseg's TTA
     assert cfg.val_evaluator.type == 'IoUMetric' and cfg.val_evaluator.iou_metrics == ['mIoU']
     assert cfg.tta_model.type == 'SegTTAModel'
     scales, flips = cfg.tta_pipeline[1].transforms[:2]
-    assert [t['scale_factor'] for t in scales] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    assert [tuple(t['scale']) for t in scales] == [(int(2048 * r), int(512 * r)) for r in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)]
+    assert tuple(next(t for t in cfg.test_pipeline if t['type'] == 'Resize').scale) == (2048, 512)
     assert sorted(t['prob'] for t in flips) == [0.0, 1.0]
 
 

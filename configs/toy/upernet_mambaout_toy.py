@@ -3,7 +3,7 @@
 # must shrink does: crop and image scale (128 px), iterations, the backbone size (femto, from scratch:
 # nothing is downloaded) and head widths, fp32 instead of FP16 (no AMP on CPU), plain BN instead of
 # SyncBN (CPU), the lr for the short schedule, and data-loader workers. The multi-scale + flip TTA of
-# the base config is kept (`tools/test.py --tta`).
+# the base config is kept, at the toy image scale (`tools/test.py --tta`).
 _base_ = ['../upernet_mambaout_t_160k_ade20k_512.py']
 
 data_root = 'data/toy/ade'
@@ -33,6 +33,14 @@ test_pipeline = [
     dict(type='Resize', scale=image_scale, keep_ratio=True),
     dict(type='LoadAnnotations', reduce_zero_label=True),
     dict(type='PackSegInputs'),
+]
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='Resize', scale=(int(image_scale[0] * r), int(image_scale[1] * r)), keep_ratio=True)
+         for r in _base_.tta_ratios],
+        *_base_.tta_pipeline[1].transforms[1:],
+    ]),
 ]
 dataset = dict(type='BaseSegDataset', data_root=data_root, metainfo=metainfo, reduce_zero_label=True,
                img_suffix='.jpg', seg_map_suffix='.png')

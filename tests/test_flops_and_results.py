@@ -1,0 +1,216 @@
+"""tools/get_flops.py on paper configs (small input) and tools/results_table.py on work dirs made here by
+tools/test.py (toy data, randomly initialised toy checkpoints), plus its parsing and error paths.
+
+The slow parts are subprocesses started once per module, two at a time (one thread each, 2 CPU cores).
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(ROOT, 'tools')
+DET_CONFIG = os.path.join(ROOT, 'configs', 'mask_rcnn_mambaout_t_1x.py')
+SEG_CONFIG = os.path.join(ROOT, 'configs', 'upernet_mambaout_t_160k_ade20k_512.py')
+TOY_DET = os.path.join(ROOT, 'configs', 'toy', 'mask_rcnn_mambaout_toy.py')
+TOY_SEG = os.path.join(ROOT, 'configs', 'toy', 'upernet_mambaout_toy.py')
+SHAPE = ('256', '256')
+
+sys.path.insert(0, TOOLS)
+from make_toy_data import make_toy_data  # noqa: E402
+import results_table  # noqa: E402
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    env['PYTHONPATH'] = os.pathsep.join([ROOT] + [p for p in [os.environ.get('PYTHONPATH')] if p])
+    return env
+
+
+def _run(args, cwd=ROOT, timeout=900):
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _check(proc):
+    assert proc.returncode == 0, f'{proc.args} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}'
+    return proc
+
+
+def _save_random_checkpoint(config, path):
+    import importlib
+
+    import torch
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    cfg = Config.fromfile(config)
+    init_default_scope(cfg.default_scope)
+    torch.manual_seed(0)
+    model = importlib.import_module(f'{cfg.default_scope}.registry').MODELS.build(cfg.model)
+    torch.save({'state_dict': model.state_dict(), 'meta': {}}, path)
+
+
+@pytest.fixture(scope='module')
+def jobs(tmp_path_factory):
+    """Starts every slow subprocess (two at a time) and returns their futures and the work dirs."""
+    root = tmp_path_factory.mktemp('flops_results')
+    data = make_toy_data(str(root / 'data' / 'toy'), num_train=1, num_val=4)
+    pool = ThreadPoolExecutor(max_workers=2)
+    futures = {'flops_det': pool.submit(_run, [os.path.join(TOOLS, 'get_flops.py'), DET_CONFIG, '--shape', *SHAPE])}
+    det_ckpt, seg_ckpt = str(root / 'det.pth'), str(root / 'seg.pth')
+    _save_random_checkpoint(TOY_DET, det_ckpt)
+    _save_random_checkpoint(TOY_SEG, seg_ckpt)
+    test = os.path.join(TOOLS, 'test.py')
+    det_wd, seg_wd = str(root / 'wd_det'), str(root / 'wd_seg')
+    # the toy configs read data/toy relative to the cwd (= root); absolute overrides all the same
+    det_opts = ['--cfg-options', f'train_dataloader.dataset.data_root={data["coco_root"]}/',
+                f'val_dataloader.dataset.data_root={data["coco_root"]}/',
+                f'test_dataloader.dataset.data_root={data["coco_root"]}/',
+                f'test_evaluator.ann_file={data["coco_val_ann"]}']
+    seg_opts = ['--cfg-options', f'train_dataloader.dataset.data_root={data["ade_root"]}',
+                f'val_dataloader.dataset.data_root={data["ade_root"]}',
+                f'test_dataloader.dataset.data_root={data["ade_root"]}']
+    futures['test_det'] = pool.submit(_run, [test, TOY_DET, det_ckpt, '--work-dir', det_wd, *det_opts], str(root))
+    futures['test_seg'] = pool.submit(_run, [test, TOY_SEG, seg_ckpt, '--work-dir', seg_wd, *seg_opts], str(root))
+    futures['test_seg_tta'] = pool.submit(
+        _run, [test, TOY_SEG, seg_ckpt, '--work-dir', seg_wd, '--tta', *seg_opts], str(root))
+    futures['flops_seg'] = pool.submit(_run, [os.path.join(TOOLS, 'get_flops.py'), SEG_CONFIG, '--shape', *SHAPE])
+    yield dict(futures=futures, det_wd=det_wd, seg_wd=seg_wd, root=root)
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _parse_flops(stdout):
+    def number(pattern):
+        match = re.search(pattern, stdout, re.M)
+        assert match, f'{pattern!r} not in the output:\n{stdout}'
+        return match.groups()
+    params_m, params = number(r'^params\s+([\d.]+) M\s+\(whole model as built: ([\d,]+)\)')
+    backbone_m, = number(r'^backbone params\s+([\d.]+) M')
+    flops_g, = number(r'^FLOPs\s+([\d.]+) G')
+    shape = number(r'^input\s+(\d+)x(\d+) ')
+    return dict(params_m=float(params_m), params=int(params.replace(',', '')), backbone_m=float(backbone_m),
+                flops_g=float(flops_g), shape=tuple(map(int, shape)))
+
+
+def _model_parameters(config):
+    import importlib
+
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    cfg = Config.fromfile(config)
+    cfg.model.backbone.init_cfg = None
+    init_default_scope(cfg.default_scope)
+    model = importlib.import_module(f'{cfg.default_scope}.registry').MODELS.build(cfg.model)
+    return sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.backbone.parameters())
+
+
+@pytest.mark.parametrize('key, config', [('flops_det', DET_CONFIG), ('flops_seg', SEG_CONFIG)])
+def test_get_flops_paper_config_small_shape(jobs, key, config):
+    out = _parse_flops(_check(jobs['futures'][key].result()).stdout)
+    assert out['shape'] == (256, 256)
+    assert out['flops_g'] > 0 and out['params_m'] > 0 and out['backbone_m'] > 0
+    total, backbone = _model_parameters(config)
+    assert out['params'] == total  # the whole model, every model.parameters()
+    assert abs(out['params_m'] - total / 1e6) < 0.006
+    assert abs(out['backbone_m'] - backbone / 1e6) < 0.006
+    assert out['backbone_m'] < out['params_m']
+    # the Gated CNN blocks must be counted (they run as functional ops under no_grad): MambaOut-T alone
+    # is 4.49 GFLOPs at 224x224, so 5.9 at 256x256; backbone + FPN/UperNet + heads are far above that
+    assert out['flops_g'] > 30
+
+
+def test_get_flops_backbone_params_of_mask_rcnn_tiny_full_size(jobs):
+    out = _parse_flops(_check(jobs['futures']['flops_det'].result()).stdout)
+    assert abs(out['backbone_m'] - 22.9) <= 0.1  # MambaOut-T with its 4 output norms (README)
+    assert abs(out['params_m'] - 43.1) <= 0.1  # the paper's "43 M"
+
+
+def test_get_flops_rejects_a_missing_config(tmp_path):
+    proc = _run([os.path.join(TOOLS, 'get_flops.py'), str(tmp_path / 'nope.py')])
+    assert proc.returncode != 0 and 'config file not found' in proc.stderr
+
+
+def _read_metrics(path):
+    with open(path) as f:
+        return json.load(f)['metrics']
+
+
+def _rows(stdout):
+    """{config: [cells]} of a plain table."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.split('|')]
+        if len(cells) == 13 and cells[0] not in ('config', ''):
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_results_table_on_work_dirs_of_tools_test(jobs):
+    for key in ('test_det', 'test_seg', 'test_seg_tta'):
+        _check(jobs['futures'][key].result())
+    det = _read_metrics(os.path.join(jobs['det_wd'], 'test_metrics.json'))
+    seg = _read_metrics(os.path.join(jobs['seg_wd'], 'test_metrics.json'))
+    seg_tta = _read_metrics(os.path.join(jobs['seg_wd'], 'test_metrics_tta.json'))
+
+    proc = _check(_run([os.path.join(TOOLS, 'results_table.py'), jobs['det_wd'], jobs['seg_wd']]))
+    rows = _rows(proc.stdout)
+    assert set(rows) == {'mask_rcnn_mambaout_toy', 'upernet_mambaout_toy'}, proc.stdout
+    d = rows['mask_rcnn_mambaout_toy']
+    assert d[1:4] == [f'{100 * det["coco/bbox_mAP"]:.2f}', '-', '']
+    assert d[4:7] == [f'{100 * det["coco/segm_mAP"]:.2f}', '-', '']
+    assert d[7:] == [''] * 6
+    s = rows['upernet_mambaout_toy']
+    assert s[1:7] == [''] * 6
+    assert s[7:] == [f'{seg["mIoU"]:.2f}', '-', '', f'{seg_tta["mIoU"]:.2f}', '-', '']
+
+    md = _check(_run([os.path.join(TOOLS, 'results_table.py'), jobs['det_wd'], jobs['seg_wd'], '--format',
+                      'markdown'])).stdout.splitlines()
+    assert md[0].startswith('| config | APb | paper | diff | APm |') and md[1].startswith('|---|')
+    assert any(line.startswith('| upernet_mambaout_toy |') and f'| {seg_tta["mIoU"]:.2f} |' in line for line in md)
+
+
+def _write(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def test_results_table_paper_numbers_diff_and_fallback(tmp_path, capsys):
+    det, seg, val = tmp_path / 'det', tmp_path / 'seg', tmp_path / 'val'
+    _write(det / 'test_metrics.json', dict(config='/x/configs/mask_rcnn_mambaout_s_1x.py', checkpoint='c', tta=False,
+                                           metrics={'coco/bbox_mAP': 0.476, 'coco/segm_mAP': 0.421}))
+    _write(seg / 'test_metrics.json', dict(config='/x/upernet_mambaout_b_160k_ade20k_512.py', checkpoint='c',
+                                           tta=False, metrics={'aAcc': 80.0, 'mIoU': 49.93}))
+    _write(seg / 'test_metrics_tta.json', dict(config='/x/upernet_mambaout_b_160k_ade20k_512.py', checkpoint='c',
+                                               tta=True, metrics={'mIoU': 50.5}))
+    # only what tools/train.py leaves: the dumped config and scalars.json; the newest run's last validation
+    (val / 'upernet_mambaout_t_160k_ade20k_512.py').parent.mkdir(parents=True)
+    (val / 'upernet_mambaout_t_160k_ade20k_512.py').write_text('')
+    for stamp, mious in (('20240101_000000', (10.0, 11.0)), ('20240102_000000', (30.0, 46.25))):
+        scalars = val / stamp / 'vis_data' / 'scalars.json'
+        scalars.parent.mkdir(parents=True)
+        scalars.write_text(''.join(json.dumps(r) + '\n' for r in (
+            {'loss': 1.0, 'step': 1}, {'aAcc': 70.0, 'mIoU': mious[0], 'step': 100}, {'loss': 0.5, 'step': 101},
+            {'aAcc': 75.0, 'mIoU': mious[1], 'step': 200})))
+    assert results_table.main([str(det), str(seg), str(val)]) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert rows['mask_rcnn_mambaout_s_1x'][1:7] == ['47.60', '47.4', '+0.20', '42.10', '42.7', '-0.60']
+    assert rows['mask_rcnn_mambaout_s_1x'][7:] == [''] * 6
+    assert rows['upernet_mambaout_b_160k_ade20k_512'][7:] == ['49.93', '49.6', '+0.33', '50.50', '51.0', '-0.50']
+    assert rows['upernet_mambaout_t_160k_ade20k_512'][7:] == ['46.25*', '47.4', '-1.15', '', '48.6', '']
+
+
+def test_results_table_errors_name_the_files_looked_for(tmp_path):
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    proc = _run([os.path.join(TOOLS, 'results_table.py'), str(empty)])
+    assert proc.returncode != 0
+    for name in ('test_metrics.json', 'test_metrics_tta.json', 'scalars.json'):
+        assert name in proc.stderr, proc.stderr
+    assert str(empty) in proc.stderr
+
+    proc = _run([os.path.join(TOOLS, 'results_table.py'), str(tmp_path / 'missing')])
+    assert proc.returncode != 0 and 'does not exist' in proc.stderr and 'missing' in proc.stderr

@@ -1,0 +1,228 @@
+"""The metrics reached in work dirs beside the MambaOut paper's numbers, one row per config.
+
+    python tools/results_table.py work_dirs/mask_rcnn_mambaout_t_1x work_dirs/upernet_mambaout_t_160k_ade20k_512
+    python tools/results_table.py work_dirs/* --format markdown
+
+Per work dir it reads what tools/test.py writes there: ``test_metrics.json`` (single-scale:
+``coco/bbox_mAP`` and ``coco/segm_mAP`` in 0..1 for a detector, shown x100 as APb and APm; ``mIoU`` in
+0..100 for a segmentor, shown as "mIoU SS") and ``test_metrics_tta.json`` (``tools/test.py --tta``: the
+segmentor's multi-scale + flip mIoU, "mIoU MS"). Without ``test_metrics.json`` it falls back on the last
+validation metrics that tools/train.py left in mmengine's ``WORK_DIR/TIMESTAMP/vis_data/scalars.json``
+(the newest run that has them); such numbers are marked with ``*``.
+
+The config of a row is the one recorded in the JSON file (its file name without ``.py``), or for the
+fallback the config mmengine dumps into the work dir (``WORK_DIR/NAME.py``). Paper numbers exist for the
+six paper configs; other configs (e.g. configs/toy/*) get ``-`` in the paper columns. ``diff`` is
+reached minus paper. Several work dirs of the same config fill one row: a test_metrics file beats the
+scalars.json fallback, and otherwise a later work dir on the command line beats an earlier one.
+A work dir that does not exist or holds none of these files is an error (exit status 1).
+"""
+import argparse
+import glob
+import json
+import os.path as osp
+import sys
+
+# Paper (MambaOut, CVPR 2025): COCO val2017 Mask R-CNN 1x (APb, APm), ADE20K val UperNet
+# 160k (mIoU single-scale, multi-scale).
+PAPER = {
+    'mask_rcnn_mambaout_t_1x': dict(APb=45.1, APm=41.0),
+    'mask_rcnn_mambaout_s_1x': dict(APb=47.4, APm=42.7),
+    'mask_rcnn_mambaout_b_1x': dict(APb=47.4, APm=43.0),
+    'upernet_mambaout_t_160k_ade20k_512': dict(mIoU_SS=47.4, mIoU_MS=48.6),
+    'upernet_mambaout_s_160k_ade20k_512': dict(mIoU_SS=49.5, mIoU_MS=50.6),
+    'upernet_mambaout_b_160k_ade20k_512': dict(mIoU_SS=49.6, mIoU_MS=51.0),
+}
+METRICS = ('APb', 'APm', 'mIoU_SS', 'mIoU_MS')
+TITLES = {'APb': 'APb', 'APm': 'APm', 'mIoU_SS': 'mIoU SS', 'mIoU_MS': 'mIoU MS'}
+DET, SEG = ('APb', 'APm'), ('mIoU_SS', 'mIoU_MS')
+TEST_FILE, TTA_FILE = 'test_metrics.json', 'test_metrics_tta.json'
+SCALARS_GLOB = osp.join('*', 'vis_data', 'scalars.json')
+
+
+class ResultsError(Exception):
+    pass
+
+
+def _find(metrics: dict, name: str):
+    """The value of ``name`` or of a prefixed ``PREFIX/name`` key (mmengine evaluators' prefixes)."""
+    if name in metrics:
+        return metrics[name]
+    for key, value in metrics.items():
+        if key.endswith('/' + name):
+            return value
+    return None
+
+
+def convert(metrics: dict, tta: bool = False) -> dict:
+    """Our metric names (APb/APm in %, mIoU in %) from an evaluator's dict; empty if it holds none."""
+    out = {}
+    bbox, segm = metrics.get('coco/bbox_mAP'), metrics.get('coco/segm_mAP')
+    if not tta:  # the columns hold no detection TTA
+        if bbox is not None:
+            out['APb'] = 100.0 * float(bbox)
+        if segm is not None:
+            out['APm'] = 100.0 * float(segm)
+    miou = _find(metrics, 'mIoU')
+    if miou is not None:
+        out['mIoU_MS' if tta else 'mIoU_SS'] = float(miou)
+    return out
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ResultsError(f'{path}: cannot read it as JSON ({exc})')
+    if not isinstance(data, dict) or not isinstance(data.get('metrics'), dict):
+        raise ResultsError(f'{path}: no "metrics" dict (is it written by tools/test.py?)')
+    return data
+
+
+def _config_name(path) -> str:
+    return osp.splitext(osp.basename(str(path)))[0]
+
+
+def _dumped_config(work_dir: str):
+    """The config mmengine's Runner dumps into the work dir (the newest, if several)."""
+    configs = sorted(glob.glob(osp.join(work_dir, '*.py')), key=osp.getmtime)
+    return _config_name(configs[-1]) if configs else None
+
+
+def _last_validation(path: str) -> dict:
+    """The last line of an mmengine scalars.json that holds validation metrics (JSON lines)."""
+    last = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a killed run
+            if isinstance(record, dict) and convert(record):
+                last = record
+    return last
+
+
+def read_work_dir(work_dir: str):
+    """[(config name, {metric: value}, from_fallback)] for one work dir; raises ResultsError."""
+    if not osp.isdir(work_dir):
+        raise ResultsError(f'work dir does not exist: {work_dir}')
+    entries = []
+    test_found = False
+    for name, tta in ((TEST_FILE, False), (TTA_FILE, True)):
+        path = osp.join(work_dir, name)
+        if not osp.isfile(path):
+            continue
+        data = _read_json(path)
+        values = convert(data['metrics'], tta=tta)
+        if not values:
+            kind = 'seg mIoU' if tta else 'coco/bbox_mAP, coco/segm_mAP or mIoU'
+            print(f'note: {path} holds no {kind} metric; ignored', file=sys.stderr)
+            continue
+        config = _config_name(data['config']) if data.get('config') else (
+            _dumped_config(work_dir) or osp.basename(osp.normpath(work_dir)))
+        entries.append((config, values, False))
+        test_found = test_found or not tta
+    if not test_found:
+        # newest run first: mmengine's TIMESTAMP dirs (YYYYmmdd_HHMMSS) sort chronologically
+        for path in sorted(glob.glob(osp.join(work_dir, SCALARS_GLOB)), reverse=True):
+            values = convert(_last_validation(path))
+            if values:
+                config = _dumped_config(work_dir) or osp.basename(osp.normpath(work_dir))
+                entries.append((config, values, True))
+                break
+    if not entries:
+        raise ResultsError(
+            f'no metrics in {work_dir}: looked for {osp.join(work_dir, TEST_FILE)} and '
+            f'{osp.join(work_dir, TTA_FILE)} (tools/test.py [--tta]), and for validation metrics in '
+            f'{osp.join(work_dir, SCALARS_GLOB)} (tools/train.py)')
+    return entries
+
+
+def collect(work_dirs):
+    """{config: {metric: (value, from_fallback)}} in first-seen order, and the list of errors."""
+    rows, errors = {}, []
+    for work_dir in work_dirs:
+        try:
+            entries = read_work_dir(work_dir)
+        except ResultsError as exc:
+            errors.append(str(exc))
+            continue
+        for config, values, fallback in entries:
+            row = rows.setdefault(config, {})
+            for metric, value in values.items():
+                if metric in row and row[metric][1] is False and fallback:
+                    continue  # a test result beats a validation fallback
+                row[metric] = (value, fallback)
+    return rows, errors
+
+
+def _fmt(value, digits=2):
+    return f'{value:.{digits}f}'
+
+
+def table_rows(rows: dict):
+    """Header and string cells: config | metric | paper | diff for APb, APm, mIoU SS, mIoU MS."""
+    header = ['config']
+    for metric in METRICS:
+        header += [TITLES[metric], 'paper', 'diff']
+    body = []
+    for config, values in rows.items():
+        paper = PAPER.get(config)
+        if paper is not None:
+            task = DET if 'APb' in paper else SEG
+        else:
+            task = (DET if any(m in values for m in DET) else ()) + (SEG if any(m in values for m in SEG) else ())
+        cells = [config]
+        for metric in METRICS:
+            if metric not in task:
+                cells += ['', '', '']
+                continue
+            reached = values.get(metric)
+            ref = paper.get(metric) if paper else None
+            cells.append('' if reached is None else _fmt(reached[0]) + ('*' if reached[1] else ''))
+            cells.append('-' if ref is None else _fmt(ref, 1))
+            cells.append('' if reached is None or ref is None else f'{reached[0] - ref:+.2f}')
+        body.append(cells)
+    return header, body
+
+
+def render(header, body, fmt='plain') -> str:
+    if fmt == 'markdown':
+        lines = ['| ' + ' | '.join(header) + ' |',
+                 '|' + '|'.join(['---'] + ['---:'] * (len(header) - 1)) + '|']
+        lines += ['| ' + ' | '.join(cells) + ' |' for cells in body]
+        return '\n'.join(lines)
+    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+    def line(cells):
+        return ' | '.join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    return '\n'.join([line(header), '-+-'.join('-' * w for w in widths)] + [line(cells) for cells in body])
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('work_dirs', nargs='+', metavar='WORK_DIR', help='work dirs of tools/train.py / tools/test.py')
+    parser.add_argument('--format', choices=['plain', 'markdown'], default='plain', help='table format')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    rows, errors = collect(args.work_dirs)
+    if errors:
+        for message in errors:
+            print(f'error: {message}', file=sys.stderr)
+        return 1
+    header, body = table_rows(rows)
+    print(render(header, body, args.format))
+    if any(v[1] for values in rows.values() for v in values.values()):
+        print('\n* last validation metrics in WORK_DIR/TIMESTAMP/vis_data/scalars.json (no test_metrics.json)')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
