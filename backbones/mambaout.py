@@ -312,7 +312,7 @@ class MambaOut(BaseModule):
             x = stage(x)
             if i in self.out_indices:
                 out = getattr(self, f'norm{i}')(x) if self.with_output_norm else x
-                # NHWC -> NCHW as a view: the result is channels_last in memory, which convs take
-                # without a copy.
-                outs.append(out.permute(0, 3, 1, 2))
+                # Contiguous NCHW, not a channels_last view: mmcv's RoIAlign kernels index raw NCHW
+                # memory and silently read a channels_last tensor scrambled.
+                outs.append(out.permute(0, 3, 1, 2).contiguous())
         return tuple(outs)

@@ -52,6 +52,13 @@ def test_pyramid_shapes_follow_conv_arithmetic(size):
     assert all(o.shape[0] == 2 for o in outputs)
 
 
+def test_outputs_are_contiguous_nchw():
+    # mmcv's RoIAlign reads raw NCHW memory: a channels_last output would give scrambled RoI features
+    with torch.no_grad():
+        outputs = MambaOut(TINY_ARCH).eval()(torch.randn(1, 3, 64, 96))
+    assert all(o.is_contiguous() for o in outputs)
+
+
 def test_strides_4_8_16_32():
     with torch.no_grad():
         outputs = MambaOut(TINY_ARCH).eval()(torch.randn(1, 3, 256, 320))
