@@ -47,10 +47,10 @@ def train_and_test(config, work_dir, cwd, nproc=1, train_options=(), test_option
         run(['bash', os.path.join(ROOT, 'tools', 'dist_train.sh'), config, str(nproc), '--work-dir', str(work_dir),
              '--cfg-options', 'train_cfg.val_interval=100000', *train_options], cwd)
     checkpoint = (work_dir / 'last_checkpoint').read_text().strip()
-    return test(config, checkpoint, work_dir, cwd, *test_options)
+    return evaluate(config, checkpoint, work_dir, cwd, *test_options)
 
 
-def test(config, checkpoint, work_dir, cwd, *options):
+def evaluate(config, checkpoint, work_dir, cwd, *options):
     run([sys.executable, os.path.join(ROOT, 'tools', 'test.py'), config, checkpoint, '--work-dir', str(work_dir),
          *options], cwd)
     name = 'test_metrics_tta.json' if '--tta' in options else 'test_metrics.json'
@@ -76,7 +76,7 @@ def detector_one_process(toy_dir):
 
 
 def test_detector_learns(toy_dir, detector_one_process):
-    untrained = test(DET, untrained_checkpoint(DET, toy_dir / 'det_untrained.pth'), toy_dir / 'det_untrained', toy_dir)
+    untrained = evaluate(DET, untrained_checkpoint(DET, toy_dir / 'det_untrained.pth'), toy_dir / 'det_untrained', toy_dir)
     trained = detector_one_process
     assert untrained['coco/bbox_mAP'] <= UNTRAINED_MAX_MAP
     assert trained['coco/bbox_mAP'] >= DET_MIN_BBOX_MAP, trained
@@ -92,8 +92,8 @@ def test_four_processes_match_one(toy_dir, detector_one_process):
 def test_segmentor_learns_single_and_multi_scale(toy_dir):
     work_dir = toy_dir / 'seg'
     single = train_and_test(SEG, work_dir, toy_dir)
-    multi = test(SEG, (work_dir / 'last_checkpoint').read_text().strip(), work_dir, toy_dir, '--tta')
-    untrained = test(SEG, untrained_checkpoint(SEG, toy_dir / 'seg_untrained.pth'), toy_dir / 'seg_untrained', toy_dir)
+    multi = evaluate(SEG, (work_dir / 'last_checkpoint').read_text().strip(), work_dir, toy_dir, '--tta')
+    untrained = evaluate(SEG, untrained_checkpoint(SEG, toy_dir / 'seg_untrained.pth'), toy_dir / 'seg_untrained', toy_dir)
     assert untrained['mIoU'] <= UNTRAINED_MAX_MIOU
     assert single['mIoU'] >= SEG_MIN_MIOU, single
     assert multi['mIoU'] >= SEG_MIN_MIOU, multi

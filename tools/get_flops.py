@@ -21,11 +21,9 @@ A segmentor's ``_forward`` runs the decode head only (no auxiliary head, no resi
 
 Why ours: mmdet's and mmseg's scripts each serve their own library only (this serves every config
 under configs/), mmdet's needs the COCO val images (it averages over dataset pictures, whose shapes
-vary, instead of using the paper's fixed size), and both trace with autograd enabled, which this
-backbone does not support (its blocks run as a custom ``autograd.Function`` when gradients are on;
-tracing that fails). Here the trace runs under ``torch.no_grad()``, where the blocks run as plain
-functional ops that the counter sees, the backbone weights are not loaded (``init_cfg=None``: nothing
-is downloaded; weights do not change the counts) and SyncBN is reverted to BN (no process group on CPU).
+vary, instead of using the paper's fixed size). The trace runs under ``torch.no_grad()``, the backbone
+weights are not loaded (``init_cfg=None``: nothing is downloaded; weights do not change the counts) and
+SyncBN is reverted to BN (no process group on CPU).
 """
 import argparse
 import importlib

@@ -1,0 +1,156 @@
+"""tools/benchmark.py end to end on CPU at small shapes, its errors, and the memory-saving GatedCNNBlock
+path it measures (gradients equal to the plain modules', autocast, with_cp)."""
+import math
+import os.path as osp
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, osp.join(ROOT, 'tools'))
+
+import benchmark  # noqa: E402
+
+DET = osp.join(ROOT, 'configs', 'mask_rcnn_mambaout_t_1x.py')
+SEG = osp.join(ROOT, 'configs', 'upernet_mambaout_t_160k_ade20k_512.py')
+FAST = ['--iters', '1', '--warmup', '0', '--batch-size', '1', '--threads', '1']
+LABELS = {'ours': 'MambaOut-tiny (ours)', 'timm': 'timm mambaout_tiny wrapper', 'convnext': 'ConvNeXt (convnext_tiny)'}
+
+
+def table_rows(out):
+    return {row[0]: row[1:] for row in (
+        [cell.strip() for cell in line.strip('|').split('|')] for line in out.splitlines()
+        if line.startswith('| ') and not line.startswith('| variant'))}
+
+
+def check_run(out, results, keys):
+    rows = table_rows(out)
+    assert set(rows) == {LABELS[k] for k in keys}
+    for cells in rows.values():
+        numbers = [float(c) for c in cells]
+        assert all(math.isfinite(v) and v > 0 for v in numbers), cells
+    assert set(results) == set(keys)
+    for result in results.values():
+        assert all(math.isfinite(v) and v > 0 for v in result.values()), result
+    if 'timm' in keys:
+        assert re.search(r'ratio ours / timm wrapper: .*\d\.\d{3}', out)
+        assert 'ratio ours / ConvNeXt:' in out
+    assert 'peak memory:' in out
+
+
+def test_det_backbone_only_compare(capsys):
+    results = benchmark.main([DET, '--shape', '64', '96', '--backbone-only', '--compare', *FAST])
+    out = capsys.readouterr().out
+    check_run(out, results, ('ours', 'timm', 'convnext'))
+    assert 'input 1x3x64x96' in out and 'fwd+bwd ms/iter' in out
+
+
+def test_det_full_model_train_and_predict(capsys):
+    results = benchmark.main([DET, '--shape', '64', '96', *FAST])
+    out = capsys.readouterr().out
+    check_run(out, results, ('ours',))
+    assert 'train step ms/iter' in out and '(mmdet)' in out
+
+
+def test_seg_full_model_compare(capsys):
+    # batch 2: UperNet's pooling module has BatchNorms on 1x1 maps
+    results = benchmark.main([SEG, '--shape', '64', '64', '--compare', *FAST, '--batch-size', '2'])
+    out = capsys.readouterr().out
+    check_run(out, results, ('ours', 'timm', 'convnext'))
+    assert '(mmseg)' in out
+
+
+def test_seg_batch_one_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        benchmark.main([SEG, '--shape', '64', '64', *FAST])
+    assert 'use --batch-size 2 or more' in capsys.readouterr().err
+
+
+def test_default_shapes():
+    from mmengine.config import Config
+    assert benchmark.default_shape(Config.fromfile(DET), 'mmdet') == (800, 1344)
+    assert benchmark.default_shape(Config.fromfile(SEG), 'mmseg') == (512, 512)
+
+
+def test_bad_config_path_exits_nonzero_and_names_it():
+    proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'benchmark.py'), 'configs/nope.py'],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode != 0
+    assert 'config file not found: configs/nope.py' in proc.stderr
+
+
+@pytest.mark.parametrize('shape, bad', [(['0', '64'], '0 64'), (['64', 'x'], '64 x'), (['16', '64'], '16 64')])
+def test_bad_shape_is_a_clear_error(shape, bad, capsys):
+    with pytest.raises(SystemExit) as exc:
+        benchmark.main([DET, '--shape', *shape])
+    assert exc.value.code != 0
+    assert f'--shape H W needs two integers >= 32 (the backbone stride), got {bad}' in capsys.readouterr().err
+
+
+def test_bad_numbers_and_device(capsys):
+    for argv, message in (([DET, '--iters', '0'], '--iters must be >= 1'),
+                          ([DET, '--batch-size', '-1'], '--batch-size must be >= 1'),
+                          ([DET, '--warmup', '-2'], '--warmup must be >= 0')):
+        with pytest.raises(SystemExit):
+            benchmark.main(argv)
+        assert message in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            benchmark.main([DET, '--device', 'cuda'])
+        assert 'CUDA is not available' in capsys.readouterr().err
+
+
+# The GatedCNNBlock path that the benchmark measures: a hand-written backward must give autograd's
+# gradients, for the default block and the _rw variants' (SiLU, LayerScale, conv_ratio > 1).
+BLOCKS = [dict(), dict(expansion_ratio=3.0, conv_ratio=1.5, act_layer=nn.SiLU, ls_init_value=0.5),
+          dict(conv_ratio=8 / 3)]
+
+
+def _grads(block, x, fn, grad_out, autocast=False):
+    block.zero_grad(set_to_none=True)
+    x = x.detach().requires_grad_()
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+        out = fn(x)
+    out.float().backward(grad_out)
+    return [out.detach().float(), x.grad] + [p.grad for p in block.parameters()]
+
+
+@pytest.mark.parametrize('kwargs', BLOCKS)
+def test_block_gradients_match_plain_modules(kwargs):
+    from backbones import GatedCNNBlock
+    torch.manual_seed(0)
+    block = GatedCNNBlock(16, **kwargs)
+    for p in block.parameters():
+        p.data.normal_(0, 0.3)
+    x, grad_out = torch.randn(2, 9, 11, 16), torch.randn(2, 9, 11, 16)
+    expected = _grads(block, x, block._residual_plain, grad_out)
+    for got, ref in zip(_grads(block, x, block.residual, grad_out), expected):
+        assert (got - ref).abs().max() <= 1e-5 * (1 + ref.abs().max())
+    # bf16 autocast: the same maths in bfloat16, close to the fp32 result
+    for got, ref in zip(_grads(block, x, block.residual, grad_out, autocast=True), expected):
+        assert got.dtype == ref.dtype and (got - ref).abs().max() <= 0.05 * ref.abs().max()
+    # with_cp recomputes the block, same gradients
+    block.with_cp = True
+    for got, ref in zip(_grads(block, x, lambda t: block(t) - t, grad_out), expected):
+        assert (got - ref).abs().max() <= 1e-5 * (1 + ref.abs().max())
+
+
+def test_block_saves_about_half_the_activations():
+    from backbones import GatedCNNBlock
+    block = GatedCNNBlock(32)
+    x = torch.randn(1, 16, 16, 32, requires_grad=True)
+
+    def saved_widths(fn):
+        sizes = []
+
+        def pack(t):
+            sizes.append(0 if isinstance(t, nn.Parameter) else t.numel())
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn(x)
+        return sum(sizes) / x.numel()
+    assert saved_widths(block.residual) <= 7.5 < 13 <= saved_widths(block._residual_plain)

@@ -1,0 +1,560 @@
+"""Speed and memory of a config's model (or of its backbone alone) on synthetic data.
+
+    python tools/benchmark.py CONFIG [--shape H W] [--batch-size N] [--amp] [--iters N] [--warmup N]
+                              [--backbone-only] [--compare [--sequential]] [--device cpu|cuda] [--compile]
+                              [--threads N]
+
+Builds the model of an mmdet or mmseg config (the config's ``default_scope`` says which) with random
+weights (no pretrained download) and times, on random inputs of the config's input size (detection:
+800x1344, the padded 1333x800 resize; segmentation: the crop size) or ``--shape H W``:
+
+* train: one step of the train path, ``model(inputs, samples, mode='loss')``, ``parse_losses``,
+  backward and an AdamW step, with synthetic targets (mmdet: a few random boxes, labels and bitmap masks
+  per image; mmseg: a random ``gt_sem_seg``). ``--backbone-only``: the backbone's forward and backward.
+* inference: ``mode='predict'`` (the backbone's forward with ``--backbone-only``) under ``no_grad``.
+
+It reports the median time per iteration after the warm-up, images/s, the peak memory of one train step
+above the memory held before it (activations, gradients, optimizer temporaries; CUDA:
+``torch.cuda.max_memory_allocated``; CPU: the peak resident set size from ``/proc/self/status`` VmHWM,
+reset through ``/proc/self/clear_refs``) and, on CPU, the process CPU time per iteration (less
+sensitive than wall time to other programs on a shared machine).
+
+``--compare`` runs, in the same process and interleaved (A, B, C, A, B, C, ...), the same model with
+(a) our MambaOut, (b) timm's ``mambaout_<arch>`` (``features_only``, NHWC features made NCHW, the
+same per-output LayerNorms as ours) and (c) timm's ConvNeXt of the same size class
+(tiny/small/base) with the same output norms, neck/head input channels adapted, and prints the ratios.
+``--sequential`` measures them one after the other instead, with one model in memory at a time.
+``--amp``: float16 autocast with a gradient scaler on CUDA, bfloat16 autocast on CPU.
+"""
+import argparse
+import copy
+import ctypes
+import gc
+import importlib
+import math
+import os.path as osp
+import statistics
+import sys
+import threading
+import time
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+PROG = 'benchmark.py'
+DET_DEFAULT_SHAPE = (800, 1344)  # mmdet's 1333x800 resize, padded to a multiple of 32
+SEG_DEFAULT_SHAPE = (512, 512)
+MIN_SIDE = 32  # the backbone's total stride
+TIMM_VARIANT = '_BenchmarkTimmFeatures'  # private registry name of the wrapper below
+
+
+def fail(message):
+    print(f'{PROG}: error: {message}', file=sys.stderr)
+    raise SystemExit(2)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config', help='an mmdet or mmseg config, e.g. configs/mask_rcnn_mambaout_t_1x.py')
+    parser.add_argument('--shape', nargs=2, metavar=('H', 'W'),
+                        help='input height and width (default: the config\'s input size)')
+    parser.add_argument('--batch-size', type=int, default=None, help='images per iteration (default 2)')
+    parser.add_argument('--amp', action='store_true', help='mixed precision (fp16 on CUDA, bf16 on CPU)')
+    parser.add_argument('--iters', type=int, default=None, help='timed iterations (default: 3 on CPU, 30 on CUDA)')
+    parser.add_argument('--warmup', type=int, default=None,
+                        help='untimed iterations first (default: 1 on CPU, 10 on CUDA)')
+    parser.add_argument('--backbone-only', action='store_true', help='time the backbone alone (forward + backward)')
+    parser.add_argument('--compare', action='store_true',
+                        help='also run the timm mambaout wrapper and ConvNeXt of the same size, interleaved')
+    parser.add_argument('--device', choices=('cpu', 'cuda'), default=None,
+                        help='default: cuda when available, else cpu')
+    parser.add_argument('--compile', action='store_true', help='torch.compile the backbone(s)')
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s)')
+    parser.add_argument('--sequential', action='store_true',
+                        help='with --compare, measure one variant after the other with only its model in '
+                             'memory (less memory; not interleaved)')
+    args = parser.parse_args(argv)
+
+    if not osp.isfile(args.config):
+        fail(f'config file not found: {args.config}')
+    if args.shape is not None:
+        try:
+            shape = tuple(int(v) for v in args.shape)
+        except ValueError:
+            shape = None
+        if shape is None or min(shape) < MIN_SIDE:
+            fail(f'--shape H W needs two integers >= {MIN_SIDE} (the backbone stride), got {" ".join(args.shape)}')
+        args.shape = shape
+    for name in ('batch_size', 'iters', 'threads'):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            fail(f'--{name.replace("_", "-")} must be >= 1, got {value}')
+    if args.warmup is not None and args.warmup < 0:
+        fail(f'--warmup must be >= 0, got {args.warmup}')
+    if args.device is None:
+        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    elif args.device == 'cuda' and not torch.cuda.is_available():
+        fail('--device cuda: CUDA is not available (torch.cuda.is_available() is False)')
+    on_cpu = args.device == 'cpu'
+    args.batch_size = args.batch_size or 2
+    args.iters = args.iters if args.iters is not None else (3 if on_cpu else 30)
+    args.warmup = args.warmup if args.warmup is not None else (1 if on_cpu else 10)
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------
+# Models
+
+
+class TimmFeatures(nn.Module):
+    """A timm model with ``features_only=True`` as a backbone: NCHW outputs (timm's MambaOut gives NHWC
+    ones; the permuted view is channels_last, as ours), each after a LayerNorm over channels like
+    MambaOut's ``with_output_norm``, so that the work compares."""
+
+    def __init__(self, model_name, out_indices=(0, 1, 2, 3), with_output_norm=True, drop_path_rate=0.,
+                 with_cp=False, init_cfg=None):
+        super().__init__()
+        import timm
+        self.body = timm.create_model(model_name, pretrained=False, features_only=True,
+                                      out_indices=tuple(out_indices), drop_path_rate=drop_path_rate)
+        self.nhwc = str(getattr(self.body, 'output_fmt', 'NCHW')).endswith('NHWC')
+        self.out_channels = tuple(self.body.feature_info.channels())
+        self.norms = nn.ModuleList(nn.LayerNorm(c, eps=1e-6) for c in self.out_channels) if with_output_norm else None
+        if with_cp:
+            self.body.set_grad_checkpointing(True)
+
+    def init_weights(self):
+        pass
+
+    def forward(self, x):
+        outs = []
+        for i, feat in enumerate(self.body(x)):
+            feat = feat if self.nhwc else feat.permute(0, 2, 3, 1)
+            if self.norms is not None:
+                feat = self.norms[i](feat)
+            outs.append(feat.permute(0, 3, 1, 2))
+        return tuple(outs)
+
+
+def size_class(arch):
+    return 'base' if 'base' in arch else 'small' if 'small' in arch else 'tiny'
+
+
+def variant_backbones(backbone_cfg, compare):
+    """[(key, label, backbone config)]: ours, then with --compare the timm wrapper and ConvNeXt."""
+    ours = copy.deepcopy(backbone_cfg)
+    ours['init_cfg'] = None  # no pretrained download
+    arch = ours.get('arch', 'tiny')
+    label = f'MambaOut-{arch} (ours)' if isinstance(arch, str) else 'MambaOut (ours)'
+    variants = [('ours', label, ours)]
+    if not compare:
+        return variants
+    if ours.get('type') != 'MambaOut' or not isinstance(arch, str):
+        fail(f'--compare needs a MambaOut backbone with a named arch, got type={ours.get("type")!r} arch={arch!r}')
+    import timm
+    timm_name = f'mambaout_{arch}'
+    if timm_name not in timm.list_models('mambaout*'):
+        fail(f'--compare: timm {timm.__version__} has no {timm_name}')
+    common = dict(type=TIMM_VARIANT, out_indices=tuple(ours.get('out_indices', (0, 1, 2, 3))),
+                  with_output_norm=ours.get('with_output_norm', True),
+                  drop_path_rate=ours.get('drop_path_rate', 0.), with_cp=ours.get('with_cp', False))
+    convnext = f'convnext_{size_class(arch)}'
+    variants.append(('timm', f'timm {timm_name} wrapper', dict(common, model_name=timm_name)))
+    variants.append(('convnext', f'ConvNeXt ({convnext})', dict(common, model_name=convnext)))
+    return variants
+
+
+def out_channels(backbone):
+    channels = getattr(backbone, 'out_channels', None)
+    if channels is None:
+        fail(f'cannot tell the output channels of {type(backbone).__name__}')
+    return tuple(channels)
+
+
+def adapt_channels(model_cfg, channels):
+    """Point the neck's / heads' ``in_channels`` at the backbone's ``channels``."""
+    neck = model_cfg.get('neck')
+    for part in (neck if isinstance(neck, list) else [neck])[:1]:
+        if part is not None and isinstance(part.get('in_channels'), (list, tuple)):
+            part['in_channels'] = list(channels)
+    for key in ('decode_head', 'auxiliary_head'):
+        heads = model_cfg.get(key)
+        for head in heads if isinstance(heads, list) else [heads]:
+            if head is None or 'in_channels' not in head:
+                continue
+            index = head.get('in_index', -1)
+            if isinstance(head['in_channels'], (list, tuple)):
+                head['in_channels'] = [channels[i] for i in index] if isinstance(index, (list, tuple)) \
+                    else list(channels)
+            else:
+                head['in_channels'] = channels[index]
+
+
+def build(models_registry, cfg, backbone_cfg, backbone_only):
+    from mmengine.model import revert_sync_batchnorm
+    backbone = models_registry.build(backbone_cfg)
+    if backbone_only:
+        return backbone
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg['backbone'] = backbone_cfg
+    if 'pretrained' in model_cfg:
+        model_cfg['pretrained'] = None
+    adapt_channels(model_cfg, out_channels(backbone))
+    model = models_registry.build(model_cfg)
+    model.backbone = backbone  # the same module, already built
+    return revert_sync_batchnorm(model)  # SyncBN needs a process group; plain BN does the same work here
+
+
+def find_num_classes(node, default):
+    if isinstance(node, dict):
+        if isinstance(node.get('num_classes'), int):
+            return node['num_classes']
+        children = node.values()
+    elif isinstance(node, (list, tuple)):
+        children = node
+    else:
+        return None
+    for child in children:
+        found = find_num_classes(child, None)
+        if found is not None:
+            return found
+    return default
+
+
+def default_shape(cfg, scope):
+    if scope == 'mmseg':
+        size = (cfg.model.get('data_preprocessor') or {}).get('size') or cfg.get('crop_size')
+        return tuple(size) if size else SEG_DEFAULT_SHAPE
+    return DET_DEFAULT_SHAPE
+
+
+# ----------------------------------------------------------------------------------------------------
+# Synthetic data
+
+
+def make_samples(scope, shape, batch, num_classes, device, with_targets, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    h, w = shape
+    samples = []
+    for index in range(batch):
+        meta = dict(img_shape=shape, ori_shape=shape, pad_shape=shape, batch_input_shape=shape)
+        if scope == 'mmdet':
+            from mmdet.structures import DetDataSample
+            from mmdet.structures.mask import BitmapMasks
+            from mmengine.structures import InstanceData
+            sample = DetDataSample(metainfo=dict(meta, scale_factor=(1., 1.), img_id=index))
+            if with_targets:
+                k = 4
+                x1 = torch.rand(k, generator=gen) * w * 0.6
+                y1 = torch.rand(k, generator=gen) * h * 0.6
+                bw = (0.1 + 0.3 * torch.rand(k, generator=gen)) * w
+                bh = (0.1 + 0.3 * torch.rand(k, generator=gen)) * h
+                boxes = torch.stack([x1, y1, (x1 + bw).clamp(max=w - 1), (y1 + bh).clamp(max=h - 1)], 1)
+                masks = torch.zeros(k, h, w, dtype=torch.uint8)
+                for j, (a, b, c, d) in enumerate(boxes.round().long().tolist()):
+                    masks[j, b:d + 1, a:c + 1] = 1
+                gt = InstanceData(bboxes=boxes, labels=torch.randint(0, num_classes, (k,), generator=gen),
+                                  masks=BitmapMasks(masks.numpy(), h, w))
+                sample.gt_instances = gt.to(device)
+        else:
+            from mmengine.structures import PixelData
+            from mmseg.structures import SegDataSample
+            sample = SegDataSample(metainfo=dict(meta, padding_size=[0, 0, 0, 0], flip=False))
+            if with_targets:
+                seg = torch.randint(0, num_classes, (1, h, w), generator=gen)
+                sample.gt_sem_seg = PixelData(data=seg.to(device))
+        samples.append(sample)
+    return samples
+
+
+# ----------------------------------------------------------------------------------------------------
+# Measurement
+
+
+class PeakMemory:
+    """Peak memory of a code region above the memory in use when it starts, in MiB."""
+
+    def __init__(self, device):
+        self.device = device
+        self._libc = None
+        if device == 'cuda':
+            self.method = 'torch.cuda.max_memory_allocated above the memory allocated before the step'
+        elif self._clear_refs_works():
+            self.method = ('peak RSS above the RSS before the step: /proc/self/status VmHWM, reset via '
+                           '/proc/self/clear_refs, after gc + malloc_trim')
+        else:
+            try:
+                import psutil  # noqa: F401
+                self.method = 'peak RSS above the RSS before the step: psutil RSS sampled every 1 ms'
+            except ImportError:
+                self.method = None
+        try:
+            self._libc = ctypes.CDLL('libc.so.6')
+        except OSError:
+            pass
+
+    @staticmethod
+    def _clear_refs_works():
+        try:
+            with open('/proc/self/clear_refs', 'w') as f:
+                f.write('5')
+            return PeakMemory._status('VmHWM') is not None
+        except OSError:
+            return False
+
+    @staticmethod
+    def _status(field):
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith(field + ':'):
+                    return int(line.split()[1]) * 1024
+        return None
+
+    def measure(self, fn):
+        if self.method is None:
+            fn()
+            return float('nan')
+        gc.collect()
+        if self.device == 'cuda':
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            fn()
+            torch.cuda.synchronize()
+            return (torch.cuda.max_memory_allocated() - base) / 2**20
+        if self._libc is not None:
+            self._libc.malloc_trim(0)  # freed heap memory back to the OS, so that reuse shows in RSS
+        if 'VmHWM' in self.method:
+            base = self._status('VmRSS')
+            with open('/proc/self/clear_refs', 'w') as f:
+                f.write('5')
+            fn()
+            return (self._status('VmHWM') - base) / 2**20
+        import psutil
+        proc, peak, done = psutil.Process(), [0], threading.Event()
+        base = proc.memory_info().rss
+
+        def sample():
+            while not done.is_set():
+                peak[0] = max(peak[0], proc.memory_info().rss)
+                time.sleep(0.001)
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        fn()
+        done.set()
+        thread.join()
+        return (max(peak[0], proc.memory_info().rss) - base) / 2**20
+
+
+class Runner:
+    """One variant: its model, optimizer and step functions."""
+
+    def __init__(self, key, label, model, args, scope, shape, num_classes):
+        self.key, self.label, self.model = key, label, model
+        self.args, self.scope = args, scope
+        self.device = torch.device(args.device)
+        self.backbone = model if args.backbone_only else model.backbone
+        self.params_m = sum(p.numel() for p in self.backbone.parameters()) / 1e6
+        self.inputs = torch.randn(args.batch_size, 3, *shape, generator=torch.Generator().manual_seed(0))
+        self.inputs = self.inputs.to(self.device)
+        if not args.backbone_only:
+            self.train_samples = make_samples(scope, shape, args.batch_size, num_classes, self.device, True)
+            self.test_samples = make_samples(scope, shape, args.batch_size, num_classes, self.device, False)
+            self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
+                                               weight_decay=0.05)
+        use_fp16 = args.amp and args.device == 'cuda'
+        self.amp_dtype = (torch.float16 if use_fp16 else torch.bfloat16) if args.amp else None
+        self.scaler = torch.amp.GradScaler('cuda') if use_fp16 and not args.backbone_only else None
+        self.train_times, self.train_cpu, self.infer_times, self.peak_mib = [], [], [], float('nan')
+
+    def release(self):
+        """Drop the model and optimizer (--sequential), keeping the measurements."""
+        self.model = self.backbone = self.optimizer = None
+        gc.collect()
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def train_step(self):
+        self.model.train()
+        if self.args.backbone_only:
+            with self._autocast():
+                loss = sum(out.float().mean() for out in self.model(self.inputs))
+            loss.backward()
+            for p in self.model.parameters():
+                p.grad = None
+            return
+        with self._autocast():
+            losses = self.model(self.inputs, self.train_samples, mode='loss')
+        loss, _ = self.model.parse_losses(losses)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f'{self.label}: non-finite loss {loss.item()}')
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def infer_step(self):
+        self.model.eval()
+        with torch.no_grad(), self._autocast():
+            if self.args.backbone_only:
+                self.model(self.inputs)
+            else:
+                self.model(self.inputs, self.test_samples, mode='predict')
+
+    def timed(self, fn):
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        fn()
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize()
+        return time.perf_counter() - start, time.process_time() - cpu_start
+
+
+def interleave(runners, rounds, warmup, step_name, record):
+    for round_index in range(rounds):
+        for runner in runners:
+            wall, cpu = runner.timed(getattr(runner, step_name))
+            if round_index >= warmup:
+                record(runner, wall, cpu)
+
+
+def median_ms(values):
+    return 1e3 * statistics.median(values) if values else float('nan')
+
+
+def fmt(value, digits=1):
+    return 'n/a' if value is None or math.isnan(value) else f'{value:.{digits}f}'
+
+
+def report(runners, args, memory_method):
+    on_cpu = args.device == 'cpu'
+    what = 'fwd+bwd' if args.backbone_only else 'train step'
+    headers = ['variant', 'params (M)', f'{what} ms/iter', 'img/s', 'peak MiB (step)', 'infer ms/img']
+    if on_cpu:
+        headers.append(f'{what} CPU-time ms/iter')
+    rows, results = [], {}
+    for r in runners:
+        train = median_ms(r.train_times)
+        infer = median_ms(r.infer_times) / args.batch_size
+        result = dict(train=train, infer=infer, mem=r.peak_mib, cpu=median_ms(r.train_cpu))
+        results[r.key] = result
+        row = [r.label, fmt(r.params_m), fmt(train), fmt(1e3 * args.batch_size / train, 2), fmt(r.peak_mib),
+               fmt(infer)]
+        if on_cpu:
+            row.append(fmt(result['cpu']))
+        rows.append(row)
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    line = '| ' + ' | '.join(h.ljust(w) for h, w in zip(headers, widths)) + ' |'
+    print('\n' + line)
+    print('|' + '|'.join('-' * (w + 2) for w in widths) + '|')
+    for row in rows:
+        print('| ' + ' | '.join(str(x).ljust(w) for x, w in zip(row, widths)) + ' |')
+    ours = results.get('ours')
+    for key, name in (('timm', 'timm wrapper'), ('convnext', 'ConvNeXt')):
+        other = results.get(key)
+        if ours is None or other is None:
+            continue
+        parts = [f'{what} {ours["train"] / other["train"]:.3f}', f'peak memory {ours["mem"] / other["mem"]:.3f}',
+                 f'inference {ours["infer"] / other["infer"]:.3f}']
+        if on_cpu:
+            parts.append(f'CPU time {ours["cpu"] / other["cpu"]:.3f}')
+        print(f'ratio ours / {name}: ' + ', '.join(parts) + '  (< 1: ours is faster / smaller)')
+    if memory_method:
+        print(f'peak memory: {memory_method}')
+    return results
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    try:
+        cfg = Config.fromfile(args.config)
+    except Exception as exc:  # a broken config: say which file and why
+        fail(f'cannot load config {args.config}: {type(exc).__name__}: {exc}')
+    scope = cfg.get('default_scope')
+    if scope not in ('mmdet', 'mmseg'):
+        fail(f'{args.config}: default_scope must be "mmdet" or "mmseg", got {scope!r}')
+    if 'model' not in cfg or 'backbone' not in cfg.model:
+        fail(f'{args.config}: no model.backbone in the config')
+    init_default_scope(scope)
+    models_registry = importlib.import_module(f'{scope}.registry').MODELS
+    models_registry.register_module(name=TIMM_VARIANT, module=TimmFeatures, force=True)
+
+    shape = args.shape or default_shape(cfg, scope)
+    num_classes = find_num_classes(cfg.model, 80 if scope == 'mmdet' else 150)
+    memory = PeakMemory(args.device)
+    device_name = torch.cuda.get_device_name() if args.device == 'cuda' else f'cpu, {torch.get_num_threads()} threads'
+    mode = 'backbone only (forward + backward)' if args.backbone_only else 'full model (train step + predict)'
+    print(f'config: {args.config} ({scope}), {mode}')
+    print(f'torch {torch.__version__}, device: {device_name}, input {args.batch_size}x3x{shape[0]}x{shape[1]}, '
+          f'{"AMP " + ("fp16" if args.device == "cuda" else "bf16") if args.amp else "fp32"}, '
+          f'warm-up {args.warmup}, iters {args.iters}{", torch.compile" if args.compile else ""}')
+
+    def make_runner(key, label, backbone_cfg):
+        torch.manual_seed(0)
+        model = build(models_registry, cfg, backbone_cfg, args.backbone_only).to(args.device)
+        if args.compile:
+            if args.backbone_only:
+                model = torch.compile(model)
+            else:
+                model.backbone = torch.compile(model.backbone)
+        runner = Runner(key, label, model, args, scope, shape, num_classes)
+        print(f'built {label}: backbone {runner.params_m:.1f} M parameters', flush=True)
+        return runner
+
+    variants = variant_backbones(cfg.model.backbone, args.compare)
+    if args.sequential:
+        runners = []
+        for variant in variants:
+            runner = make_runner(*variant)
+            measure([runner], args, memory)
+            runner.release()
+            runners.append(runner)
+    else:
+        runners = [make_runner(*variant) for variant in variants]
+        measure(runners, args, memory)
+    return report(runners, args, memory.method)
+
+
+def measure(runners, args, memory):
+    """Train and inference times (interleaved over ``runners``), then one train step each for memory."""
+    rounds = args.warmup + args.iters
+    how = 'interleaved' if len(runners) > 1 else runners[0].label
+
+    def record_train(runner, wall, cpu):
+        runner.train_times.append(wall)
+        runner.train_cpu.append(cpu)
+
+    def record_infer(runner, wall, cpu):
+        runner.infer_times.append(wall)
+
+    print(f'timing train ({rounds} rounds, {how})...', flush=True)
+    try:
+        interleave(runners, rounds, args.warmup, 'train_step', record_train)
+    except ValueError as exc:
+        if 'more than 1 value per channel' not in str(exc):
+            raise
+        fail(f'a BatchNorm in the model (e.g. UperNet\'s pooling module) cannot train on one value per '
+             f'channel: use --batch-size 2 or more ({exc})')
+    print(f'timing inference ({rounds} rounds, {how})...', flush=True)
+    interleave(runners, rounds, args.warmup, 'infer_step', record_infer)
+    print('measuring peak memory (one more train step each)...', flush=True)
+    for runner in runners:
+        runner.peak_mib = memory.measure(runner.train_step)
+
+
+if __name__ == '__main__':
+    main()
