@@ -252,9 +252,9 @@ class GatedCNNBlock(nn.Module):
     part -> fc2(act(gate) * cat(identity, conv)) -> LayerScale -> drop path, plus the shortcut.
 
     NHWC in and out. Disabled parts are ``nn.Identity`` so checkpoint keys never move. With GELU or SiLU,
-    outside torch.compile, the branch runs as :class:`_GatedCNNFunction`: the same forward numbers as
-    the plain modules (:meth:`_residual_plain`), about half their activation memory for backward, and
-    faster on CPU.
+    outside torch.compile and jit tracing, the branch runs as :class:`_GatedCNNFunction`: the same
+    forward numbers as the plain modules (:meth:`_residual_plain`), about half their activation memory
+    for backward, and faster on CPU.
     """
 
     def __init__(self, dim: int, expansion_ratio: float = 8 / 3, kernel_size: int = 7, conv_ratio: float = 1.0,

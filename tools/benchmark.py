@@ -110,9 +110,9 @@ def parse_args(argv=None):
 
 
 class TimmFeatures(nn.Module):
-    """A timm model with ``features_only=True`` as a backbone: NCHW outputs (timm's MambaOut gives NHWC
-    ones; the permuted view is channels_last, as ours), each after a LayerNorm over channels like
-    MambaOut's ``with_output_norm``, so that the work compares."""
+    """A timm model with ``features_only=True`` as a backbone: contiguous NCHW outputs like ours (timm's
+    MambaOut gives NHWC ones; mmcv's RoIAlign needs contiguous NCHW), each after a LayerNorm over
+    channels like MambaOut's ``with_output_norm``, so that the work compares."""
 
     def __init__(self, model_name, out_indices=(0, 1, 2, 3), with_output_norm=True, drop_path_rate=0.,
                  with_cp=False, init_cfg=None):
@@ -135,7 +135,7 @@ class TimmFeatures(nn.Module):
             feat = feat if self.nhwc else feat.permute(0, 2, 3, 1)
             if self.norms is not None:
                 feat = self.norms[i](feat)
-            outs.append(feat.permute(0, 3, 1, 2))
+            outs.append(feat.permute(0, 3, 1, 2).contiguous())
         return tuple(outs)
 
 
