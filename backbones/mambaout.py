@@ -127,22 +127,32 @@ def _depthwise_conv_backward(grad: torch.Tensor, inp: torch.Tensor, weight: torc
                              need_bias: bool):
     """Input, weight and bias gradients of a stride-1, 'same'-padded depthwise conv. ``grad`` and ``inp``
     are NCHW views of NHWC tensors (channels_last memory)."""
-    pad, groups = weight.shape[-1] // 2, weight.shape[0]
-    if grad.device.type == 'cpu':
-        # oneDNN's depthwise weight gradient on CPU takes several times its forward conv; as forward
-        # convs: the input gradient is a conv with the flipped kernel, the weight gradient each sample's
-        # input convolved with its output gradient as the kernel.
-        grad_in = F.conv2d(grad, weight.flip(2, 3), padding=pad, groups=groups)
-        grad_weight = None
-        if need_weight:
-            for n in range(grad.shape[0]):
-                part = F.conv2d(inp[n:n + 1], grad[n].unsqueeze(1).contiguous(), padding=pad, groups=groups)
-                grad_weight = part if grad_weight is None else grad_weight.add_(part)
-            grad_weight = grad_weight.view_as(weight)
-    else:
-        grad_in, grad_weight, _ = torch.ops.aten.convolution_backward(
-            grad, inp, weight, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], groups, [True, need_weight, False])
+    backward = _depthwise_conv_backward_as_convs if grad.device.type == 'cpu' else _depthwise_conv_backward_aten
+    grad_in, grad_weight = backward(grad, inp, weight, need_weight)
     return grad_in, grad_weight, grad.sum((0, 2, 3)) if need_bias else None
+
+
+def _depthwise_conv_backward_as_convs(grad, inp, weight, need_weight):
+    """On CPU oneDNN's depthwise weight gradient takes several times its forward conv; as forward convs
+    (0.6-0.8x the time, docs/benchmarks.md): the input gradient is a conv with the flipped kernel, the
+    weight gradient each sample's input convolved with its output gradient as the kernel."""
+    pad, groups = weight.shape[-1] // 2, weight.shape[0]
+    grad_in = F.conv2d(grad, weight.flip(2, 3), padding=pad, groups=groups)
+    grad_weight = None
+    if need_weight:
+        for n in range(grad.shape[0]):
+            part = F.conv2d(inp[n:n + 1], grad[n].unsqueeze(1).contiguous(), padding=pad, groups=groups)
+            grad_weight = part if grad_weight is None else grad_weight.add_(part)
+        grad_weight = grad_weight.view_as(weight)
+    return grad_in, grad_weight
+
+
+def _depthwise_conv_backward_aten(grad, inp, weight, need_weight):
+    """The backend's own conv backward (cuDNN on CUDA)."""
+    pad, groups = weight.shape[-1] // 2, weight.shape[0]
+    grad_in, grad_weight, _ = torch.ops.aten.convolution_backward(
+        grad, inp, weight, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], groups, [True, need_weight, False])
+    return grad_in, grad_weight
 
 
 def _gated_forward(block: 'GatedCNNBlock', x: torch.Tensor, dtype: torch.dtype, params):
@@ -168,6 +178,37 @@ def _gated_forward(block: 'GatedCNNBlock', x: torch.Tensor, dtype: torch.dtype, 
     gated[..., :n_id].mul_(gate_id[..., hidden:])
     gated[..., n_id:].mul_(conv_out)
     return F.linear(gated, fc2_w.to(dtype), fc2_b.to(dtype)), (gate_id, conv_in, conv_out)
+
+
+# Pixels per chunk in the no-grad CPU path: a chunk's ~2 * hidden-wide intermediates (2.5 MB for
+# MambaOut-T) stay in cache instead of going to memory and back several times. 512-2048 measured
+# 0.72-0.85x timm's inference time at 800x1344, unchunked 0.80-0.92x (docs/benchmarks.md).
+INFERENCE_CHUNK_PIXELS = 1024
+
+
+def _gated_inference(block: 'GatedCNNBlock', x: torch.Tensor, dtype: torch.dtype, params) -> torch.Tensor:
+    """:func:`_gated_forward`'s output without what backward needs, on CPU in chunks of pixels: only the
+    depthwise conv needs whole feature maps; fc1's gate/identity part, the gating and fc2 run per chunk."""
+    if x.device.type != 'cpu':
+        return _gated_forward(block, x, dtype, params)[0]
+    norm_w, norm_b, fc1_w, fc1_b, conv_w, conv_b, fc2_w, fc2_b = params
+    hidden, n_id, n_conv = block.split_indices
+    y = F.layer_norm(x, x.shape[-1:], norm_w.to(x.dtype), norm_b.to(x.dtype), block.norm.eps).to(dtype)
+    fc1_w, fc1_b, fc2_w, fc2_b = fc1_w.to(dtype), fc1_b.to(dtype), fc2_w.to(dtype), fc2_b.to(dtype)
+    conv_in = F.linear(y, fc1_w[hidden + n_id:], fc1_b[hidden + n_id:])
+    conv_out = F.conv2d(conv_in.permute(0, 3, 1, 2), conv_w.to(dtype), conv_b.to(dtype),
+                        padding=conv_w.shape[-1] // 2, groups=n_conv).permute(0, 2, 3, 1).reshape(-1, n_conv)
+    y = y.reshape(-1, y.shape[-1])
+    gate_id_w, gate_id_b, fc2_wt = fc1_w[:hidden + n_id], fc1_b[:hidden + n_id], fc2_w.t()
+    out = y.new_empty(y.shape[0], fc2_w.shape[0])
+    for start in range(0, y.shape[0], INFERENCE_CHUNK_PIXELS):
+        rows = slice(start, start + INFERENCE_CHUNK_PIXELS)
+        gate_id = F.linear(y[rows], gate_id_w, gate_id_b)
+        gated = block.act(gate_id[:, :hidden])
+        gated[:, :n_id].mul_(gate_id[:, hidden:])
+        gated[:, n_id:].mul_(conv_out[rows])
+        torch.addmm(fc2_b, gated, fc2_wt, out=out[rows])
+    return out.view(*x.shape[:-1], -1)
 
 
 def _gated_backward(block: 'GatedCNNBlock', dtype: torch.dtype, grad: torch.Tensor, x: torch.Tensor, saved,
@@ -286,7 +327,7 @@ class GatedCNNBlock(nn.Module):
             out = _GatedCNNFunction.apply(x, self, dtype, *params)
         else:
             with torch.autocast(device, enabled=False):
-                out = _gated_forward(self, x, dtype, params)[0]
+                out = _gated_inference(self, x, dtype, params)
         return self.ls(out)
 
     def _residual_plain(self, x: torch.Tensor) -> torch.Tensor:

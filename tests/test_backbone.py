@@ -42,6 +42,24 @@ def test_same_network_as_timm(arch, timm_model):
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in reference.parameters()) - head_params
 
 
+@pytest.mark.parametrize('arch', ['tiny', 'base_wide_rw'])  # GELU and SiLU
+def test_chunked_cpu_inference_is_the_same_network(arch, timm_model, monkeypatch):
+    # The exactness test above fits in one chunk; here chunks split every feature map unevenly.
+    import backbones.mambaout as mambaout
+    monkeypatch.setattr(mambaout, 'INFERENCE_CHUNK_PIXELS', 37)
+    reference = timm_model(arch)
+    model = MambaOut(arch, with_output_norm=False).eval()
+    model.load_state_dict(to_backbone_state_dict(reference.state_dict())[0], strict=True)
+    x = torch.randn(2, 3, 67, 90)
+    with torch.no_grad():
+        expected = reference.forward_intermediates(x, intermediates_only=True)
+        outputs = model(x)
+    with_grad = model(x)  # the training path (custom autograd Function), unchunked
+    for out, ref, grad_out in zip(outputs, expected, with_grad):
+        assert (out - ref).abs().max().item() <= 1e-5
+        assert (out - grad_out).abs().max().item() <= 1e-5
+
+
 @pytest.mark.parametrize('size', [(224, 224), (511, 511), (112, 137), (33, 65)])
 def test_pyramid_shapes_follow_conv_arithmetic(size):
     model = MambaOut(TINY_ARCH).eval()

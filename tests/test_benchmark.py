@@ -49,6 +49,17 @@ def test_det_backbone_only_compare(capsys):
     assert 'input 1x3x64x96' in out and 'fwd+bwd ms/iter' in out
 
 
+def test_inference_only_times_inference_alone(capsys):
+    results = benchmark.main([DET, '--shape', '64', '96', '--backbone-only', '--inference-only', '--compare', *FAST])
+    out = capsys.readouterr().out
+    assert 'timing train' not in out and 'peak memory' not in out
+    assert set(results) == {'ours', 'timm', 'convnext'}
+    for result in results.values():
+        assert math.isfinite(result['infer']) and result['infer'] > 0
+        assert math.isnan(result['train']) and math.isnan(result['mem'])
+    assert re.search(r'ratio ours / timm wrapper: inference \d\.\d{3}', out)
+
+
 def test_det_full_model_train_and_predict(capsys):
     results = benchmark.main([DET, '--shape', '64', '96', *FAST])
     out = capsys.readouterr().out
@@ -154,3 +165,18 @@ def test_block_saves_about_half_the_activations():
             fn(x)
         return sum(sizes) / x.numel()
     assert saved_widths(block.residual) <= 7.5 < 13 <= saved_widths(block._residual_plain)
+
+
+@pytest.mark.parametrize('backward', ['_depthwise_conv_backward_as_convs', '_depthwise_conv_backward_aten'])
+def test_depthwise_conv_backward_matches_autograd(backward):
+    # The CPU formulation and the one CUDA takes (aten's conv backward, run here on CPU) must both give
+    # autograd's gradients on the channels_last tensors the block passes them.
+    import backbones.mambaout as mambaout
+    torch.manual_seed(0)
+    inp = torch.randn(3, 10, 12, 8).permute(0, 3, 1, 2).requires_grad_()  # NCHW view of NHWC
+    weight = torch.randn(8, 1, 7, 7, requires_grad=True)
+    grad = torch.randn(3, 10, 12, 8).permute(0, 3, 1, 2)
+    torch.nn.functional.conv2d(inp, weight, padding=3, groups=8).backward(grad)
+    grad_in, grad_weight = getattr(mambaout, backward)(grad, inp.detach(), weight.detach(), True)
+    assert torch.allclose(grad_in, inp.grad, atol=1e-5) and torch.allclose(grad_weight, weight.grad, atol=1e-4)
+    assert getattr(mambaout, backward)(grad, inp.detach(), weight.detach(), False)[1] is None

@@ -81,14 +81,19 @@ def _types(pipeline):
     return [t['type'] for t in pipeline]
 
 
+def check_paper_backbone(backbone, size):
+    """The paper's backbone settings for ``size``; returns its output channels."""
+    arch, drop_path, dims = SIZES[size]
+    assert backbone.type == 'MambaOut' and backbone.arch == arch and backbone.drop_path_rate == drop_path
+    assert backbone.with_output_norm is True and tuple(backbone.get('out_indices', (0, 1, 2, 3))) == (0, 1, 2, 3)
+    assert backbone.init_cfg == dict(type='Pretrained', checkpoint=RELEASE.format(arch))
+    return dims
+
+
 @pytest.mark.parametrize('size', SIZES)
 def test_detection_recipe(size):
     cfg = load(PAPER_DET[size])
-    arch, drop_path, dims = SIZES[size]
-    backbone = cfg.model.backbone
-    assert backbone.type == 'MambaOut' and backbone.arch == arch and backbone.drop_path_rate == drop_path
-    assert backbone.with_output_norm is True and tuple(backbone.out_indices) == (0, 1, 2, 3)
-    assert backbone.init_cfg == dict(type='Pretrained', checkpoint=RELEASE.format(arch))
+    dims = check_paper_backbone(cfg.model.backbone, size)
     assert cfg.model.neck.in_channels == dims and cfg.model.type == 'MaskRCNN'
     assert cfg.custom_imports == dict(imports=['mmdet_plugin'], allow_failed_imports=False)
     # optimizer: AdamW 1e-4, wd 0.05, none on norms/biases, no layer-wise decay; FP16 dynamic loss scale
@@ -117,11 +122,7 @@ def test_detection_recipe(size):
 @pytest.mark.parametrize('size', SIZES)
 def test_segmentation_recipe(size):
     cfg = load(PAPER_SEG[size])
-    arch, drop_path, dims = SIZES[size]
-    backbone = cfg.model.backbone
-    assert backbone.type == 'MambaOut' and backbone.arch == arch and backbone.drop_path_rate == drop_path
-    assert backbone.with_output_norm is True
-    assert backbone.init_cfg == dict(type='Pretrained', checkpoint=RELEASE.format(arch))
+    dims = check_paper_backbone(cfg.model.backbone, size)
     assert cfg.custom_imports == dict(imports=['mmseg_plugin'], allow_failed_imports=False)
     assert cfg.model.type == 'EncoderDecoder' and cfg.model.pretrained is None
     assert cfg.model.decode_head.type == 'UPerHead' and cfg.model.decode_head.in_channels == dims

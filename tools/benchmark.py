@@ -67,6 +67,8 @@ def parse_args(argv=None):
     parser.add_argument('--warmup', type=int, default=None,
                         help='untimed iterations first (default: 1 on CPU, 10 on CUDA)')
     parser.add_argument('--backbone-only', action='store_true', help='time the backbone alone (forward + backward)')
+    parser.add_argument('--inference-only', action='store_true',
+                        help='time inference alone (no train step, no train-step memory)')
     parser.add_argument('--compare', action='store_true',
                         help='also run the timm mambaout wrapper and ConvNeXt of the same size, interleaved')
     parser.add_argument('--device', choices=('cpu', 'cuda'), default=None,
@@ -452,6 +454,10 @@ def report(runners, args, memory_method):
         if on_cpu:
             row.append(fmt(result['cpu']))
         rows.append(row)
+    if args.inference_only:  # only the columns that were measured
+        keep = (0, 1, 5)
+        headers = [headers[i] for i in keep]
+        rows = [[row[i] for i in keep] for row in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
     line = '| ' + ' | '.join(h.ljust(w) for h, w in zip(headers, widths)) + ' |'
     print('\n' + line)
@@ -463,12 +469,13 @@ def report(runners, args, memory_method):
         other = results.get(key)
         if ours is None or other is None:
             continue
-        parts = [f'{what} {ours["train"] / other["train"]:.3f}', f'peak memory {ours["mem"] / other["mem"]:.3f}',
-                 f'inference {ours["infer"] / other["infer"]:.3f}']
-        if on_cpu:
-            parts.append(f'CPU time {ours["cpu"] / other["cpu"]:.3f}')
+        parts = [f'inference {ours["infer"] / other["infer"]:.3f}']
+        if not args.inference_only:
+            parts[:0] = [f'{what} {ours["train"] / other["train"]:.3f}', f'peak memory {ours["mem"] / other["mem"]:.3f}']
+            if on_cpu:
+                parts.append(f'CPU time {ours["cpu"] / other["cpu"]:.3f}')
         print(f'ratio ours / {name}: ' + ', '.join(parts) + '  (< 1: ours is faster / smaller)')
-    if memory_method:
+    if memory_method and not args.inference_only:
         print(f'peak memory: {memory_method}')
     return results
 
@@ -541,16 +548,19 @@ def measure(runners, args, memory):
     def record_infer(runner, wall, cpu):
         runner.infer_times.append(wall)
 
-    print(f'timing train ({rounds} rounds, {how})...', flush=True)
-    try:
-        interleave(runners, rounds, args.warmup, 'train_step', record_train)
-    except ValueError as exc:
-        if 'more than 1 value per channel' not in str(exc):
-            raise
-        fail(f'a BatchNorm in the model (e.g. UperNet\'s pooling module) cannot train on one value per '
-             f'channel: use --batch-size 2 or more ({exc})')
+    if not args.inference_only:
+        print(f'timing train ({rounds} rounds, {how})...', flush=True)
+        try:
+            interleave(runners, rounds, args.warmup, 'train_step', record_train)
+        except ValueError as exc:
+            if 'more than 1 value per channel' not in str(exc):
+                raise
+            fail(f'a BatchNorm in the model (e.g. UperNet\'s pooling module) cannot train on one value per '
+                 f'channel: use --batch-size 2 or more ({exc})')
     print(f'timing inference ({rounds} rounds, {how})...', flush=True)
     interleave(runners, rounds, args.warmup, 'infer_step', record_infer)
+    if args.inference_only:
+        return
     print('measuring peak memory (one more train step each)...', flush=True)
     for runner in runners:
         runner.peak_mib = memory.measure(runner.train_step)
