@@ -155,6 +155,34 @@ def _depthwise_conv_backward_aten(grad, inp, weight, need_weight):
     return grad_in, grad_weight
 
 
+def _norm_and_conv_part(block: 'GatedCNNBlock', x: torch.Tensor, dtype: torch.dtype, params):
+    """LayerNorm, fc1's conv part and the depthwise conv, in ``dtype``: ``(y, fc1 weight and bias in dtype,
+    conv input, conv output)``, the conv tensors NHWC.
+
+    fc1 runs as two matmuls, this one and ``[gate, identity]`` (same numbers as one), so that the conv
+    input is a contiguous NHWC tensor, i.e. a channels_last one that the depthwise conv takes without a
+    layout copy.
+    """
+    norm_w, norm_b, fc1_w, fc1_b, conv_w, conv_b = params[:6]
+    hidden, n_id, n_conv = block.split_indices
+    y = F.layer_norm(x, x.shape[-1:], norm_w.to(x.dtype), norm_b.to(x.dtype), block.norm.eps).to(dtype)
+    fc1_w, fc1_b = fc1_w.to(dtype), fc1_b.to(dtype)
+    conv_in = F.linear(y, fc1_w[hidden + n_id:], fc1_b[hidden + n_id:])
+    conv_out = F.conv2d(conv_in.permute(0, 3, 1, 2), conv_w.to(dtype), conv_b.to(dtype),
+                        padding=conv_w.shape[-1] // 2, groups=n_conv).permute(0, 2, 3, 1)
+    return y, fc1_w, fc1_b, conv_in, conv_out
+
+
+def _gate(block: 'GatedCNNBlock', gate_id: torch.Tensor, conv_out: torch.Tensor) -> torch.Tensor:
+    """act(gate) * cat(identity, conv_out), in place in act's output: no torch.cat copy. act runs on a
+    strided slice as in timm: CPU kernels round differently on contiguous data."""
+    hidden, n_id, _ = block.split_indices
+    gated = block.act(gate_id[..., :hidden])
+    gated[..., :n_id].mul_(gate_id[..., hidden:])
+    gated[..., n_id:].mul_(conv_out)
+    return gated
+
+
 def _gated_forward(block: 'GatedCNNBlock', x: torch.Tensor, dtype: torch.dtype, params):
     """The block's residual branch (before LayerScale) without autograd, in ``dtype`` (autocast's or x's).
 
@@ -162,21 +190,11 @@ def _gated_forward(block: 'GatedCNNBlock', x: torch.Tensor, dtype: torch.dtype, 
     input, and the conv output: 2 * hidden + conv channels (about 7 channel-widths for the default
     ratios) instead of the ~14-16 that autograd keeps for the plain modules.
     """
-    norm_w, norm_b, fc1_w, fc1_b, conv_w, conv_b, fc2_w, fc2_b = params
-    hidden, n_id, n_conv = block.split_indices
-    y = F.layer_norm(x, x.shape[-1:], norm_w.to(x.dtype), norm_b.to(x.dtype), block.norm.eps).to(dtype)
-    fc1_w, fc1_b = fc1_w.to(dtype), fc1_b.to(dtype)
-    # fc1 as two matmuls (same numbers as one) so that the conv input is a contiguous NHWC tensor, i.e.
-    # a channels_last one that the depthwise conv takes without a layout copy.
+    fc2_w, fc2_b = params[6:]
+    hidden, n_id, _ = block.split_indices
+    y, fc1_w, fc1_b, conv_in, conv_out = _norm_and_conv_part(block, x, dtype, params)
     gate_id = F.linear(y, fc1_w[:hidden + n_id], fc1_b[:hidden + n_id])
-    conv_in = F.linear(y, fc1_w[hidden + n_id:], fc1_b[hidden + n_id:])
-    conv_out = F.conv2d(conv_in.permute(0, 3, 1, 2), conv_w.to(dtype), conv_b.to(dtype),
-                        padding=conv_w.shape[-1] // 2, groups=n_conv).permute(0, 2, 3, 1)
-    # act(gate) * cat(identity, conv_out) in place in act's output: no torch.cat copy. act runs on a
-    # strided slice as in timm: CPU kernels round differently on contiguous data.
-    gated = block.act(gate_id[..., :hidden])
-    gated[..., :n_id].mul_(gate_id[..., hidden:])
-    gated[..., n_id:].mul_(conv_out)
+    gated = _gate(block, gate_id, conv_out)
     return F.linear(gated, fc2_w.to(dtype), fc2_b.to(dtype)), (gate_id, conv_in, conv_out)
 
 
@@ -191,23 +209,21 @@ def _gated_inference(block: 'GatedCNNBlock', x: torch.Tensor, dtype: torch.dtype
     depthwise conv needs whole feature maps; fc1's gate/identity part, the gating and fc2 run per chunk."""
     if x.device.type != 'cpu':
         return _gated_forward(block, x, dtype, params)[0]
-    norm_w, norm_b, fc1_w, fc1_b, conv_w, conv_b, fc2_w, fc2_b = params
+    fc2_w, fc2_b = params[6:]
     hidden, n_id, n_conv = block.split_indices
-    y = F.layer_norm(x, x.shape[-1:], norm_w.to(x.dtype), norm_b.to(x.dtype), block.norm.eps).to(dtype)
-    fc1_w, fc1_b, fc2_w, fc2_b = fc1_w.to(dtype), fc1_b.to(dtype), fc2_w.to(dtype), fc2_b.to(dtype)
-    conv_in = F.linear(y, fc1_w[hidden + n_id:], fc1_b[hidden + n_id:])
-    conv_out = F.conv2d(conv_in.permute(0, 3, 1, 2), conv_w.to(dtype), conv_b.to(dtype),
-                        padding=conv_w.shape[-1] // 2, groups=n_conv).permute(0, 2, 3, 1).reshape(-1, n_conv)
-    y = y.reshape(-1, y.shape[-1])
-    gate_id_w, gate_id_b, fc2_wt = fc1_w[:hidden + n_id], fc1_b[:hidden + n_id], fc2_w.t()
-    out = y.new_empty(y.shape[0], fc2_w.shape[0])
-    for start in range(0, y.shape[0], INFERENCE_CHUNK_PIXELS):
-        rows = slice(start, start + INFERENCE_CHUNK_PIXELS)
-        gate_id = F.linear(y[rows], gate_id_w, gate_id_b)
-        gated = block.act(gate_id[:, :hidden])
-        gated[:, :n_id].mul_(gate_id[:, hidden:])
-        gated[:, n_id:].mul_(conv_out[rows])
-        torch.addmm(fc2_b, gated, fc2_wt, out=out[rows])
+    y, fc1_w, fc1_b, _, conv_out = _norm_and_conv_part(block, x, dtype, params)
+    y, conv_out = y.reshape(-1, y.shape[-1]), conv_out.reshape(-1, n_conv)
+    gate_id_w, gate_id_b = fc1_w[:hidden + n_id], fc1_b[:hidden + n_id]
+    fc2_wt, fc2_b = fc2_w.to(dtype).t(), fc2_b.to(dtype)
+    out = y.new_empty(y.shape[0], fc2_wt.shape[1])
+    bounds = [*range(0, y.shape[0], INFERENCE_CHUNK_PIXELS), y.shape[0]]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < INFERENCE_CHUNK_PIXELS // 2:
+        # A short last chunk joins the one before: matmuls of a few rows take other MKL kernels, which
+        # round differently from the whole-tensor matmul of the reference.
+        del bounds[-2]
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        gated = _gate(block, F.linear(y[start:end], gate_id_w, gate_id_b), conv_out[start:end])
+        torch.addmm(fc2_b, gated, fc2_wt, out=out[start:end])
     return out.view(*x.shape[:-1], -1)
 
 

@@ -43,14 +43,19 @@ def test_same_network_as_timm(arch, timm_model):
 
 
 @pytest.mark.parametrize('arch', ['tiny', 'base_wide_rw'])  # GELU and SiLU
-def test_chunked_cpu_inference_is_the_same_network(arch, timm_model, monkeypatch):
-    # The exactness test above fits in one chunk; here chunks split every feature map unevenly.
+@pytest.mark.parametrize('chunk, shape', [
+    (37, (2, 3, 67, 90)),  # 782 pixels at stride 4: 21 chunks, a short remainder merged into the last
+    (None, (1, 3, 240, 320)),  # the real chunk size: 4800 = 4 x 1024 + 704, then 1200 = 1024 + 176 merged
+])
+def test_chunked_cpu_inference_is_the_same_network(arch, chunk, shape, timm_model, monkeypatch):
+    # The exactness test above fits in one chunk; here chunks split the feature maps unevenly.
     import backbones.mambaout as mambaout
-    monkeypatch.setattr(mambaout, 'INFERENCE_CHUNK_PIXELS', 37)
+    if chunk is not None:
+        monkeypatch.setattr(mambaout, 'INFERENCE_CHUNK_PIXELS', chunk)
     reference = timm_model(arch)
     model = MambaOut(arch, with_output_norm=False).eval()
     model.load_state_dict(to_backbone_state_dict(reference.state_dict())[0], strict=True)
-    x = torch.randn(2, 3, 67, 90)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = reference.forward_intermediates(x, intermediates_only=True)
         outputs = model(x)

@@ -469,11 +469,11 @@ def report(runners, args, memory_method):
         other = results.get(key)
         if ours is None or other is None:
             continue
-        parts = [f'inference {ours["infer"] / other["infer"]:.3f}']
-        if not args.inference_only:
-            parts[:0] = [f'{what} {ours["train"] / other["train"]:.3f}', f'peak memory {ours["mem"] / other["mem"]:.3f}']
-            if on_cpu:
-                parts.append(f'CPU time {ours["cpu"] / other["cpu"]:.3f}')
+        parts = [] if args.inference_only else [f'{what} {ours["train"] / other["train"]:.3f}',
+                                                f'peak memory {ours["mem"] / other["mem"]:.3f}']
+        parts.append(f'inference {ours["infer"] / other["infer"]:.3f}')
+        if on_cpu and not args.inference_only:
+            parts.append(f'CPU time {ours["cpu"] / other["cpu"]:.3f}')
         print(f'ratio ours / {name}: ' + ', '.join(parts) + '  (< 1: ours is faster / smaller)')
     if memory_method and not args.inference_only:
         print(f'peak memory: {memory_method}')
