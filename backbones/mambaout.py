@@ -388,12 +388,15 @@ class MambaOut(BaseModule):
             any field of :data:`ARCH_DEFAULTS`. Default: ``'tiny'``.
         in_channels (int): input image channels. Default: 3.
         out_indices (Sequence[int]): stages whose outputs are returned (negative indices count from
-            the end). Default: ``(0, 1, 2, 3)``, strides 4/8/16/32.
+            the end). Default: ``(0, 1, 2, 3)``, strides 4/8/16/32. Stages after the last returned one
+            are not built (as timm's ``features_only``), so that every parameter gets a gradient, as DDP
+            with ``find_unused_parameters=False`` requires; their keys in a full checkpoint are dropped.
         with_output_norm (bool): apply a LayerNorm ``norm{i}`` to each returned stage output (the
             paper's detection/segmentation recipe). Default: True.
         drop_path_rate (float): stochastic depth rate, increasing linearly over the blocks. Default: 0.
         frozen_stages (int): -1 freezes nothing, 0 the stem, k >= 1 the stem and stages 0..k-1 (with
-            their output norms). Frozen parts get no gradient and stay in eval mode. Default: -1.
+            their output norms; stages that are not built are skipped). Frozen parts get no gradient and
+            stay in eval mode. Default: -1.
         norm_eval (bool): keep normalization layers in eval mode while training. LayerNorm has no
             running statistics, so this only matters for BatchNorm-like layers; kept for mm* API
             compatibility. Default: False.
@@ -429,6 +432,7 @@ class MambaOut(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_output_norm = with_output_norm
+        self.in_channels = in_channels
         self.dims = dims
 
         act_layer = ACTIVATIONS[self.arch['act']]
@@ -445,7 +449,7 @@ class MambaOut(BaseModule):
                 ls_init_value=self.arch['ls_init_value'],
                 act_layer=act_layer,
                 with_cp=with_cp,
-            ) for i in range(self.num_stages)])
+            ) for i in range(self.out_indices[-1] + 1)])
         # Output norms only for returned stages, so that every parameter receives a gradient.
         if with_output_norm:
             for i in self.out_indices:
@@ -486,7 +490,7 @@ class MambaOut(BaseModule):
     def _frozen_modules(self):
         if self.frozen_stages >= 0:
             yield self.stem
-        for i in range(self.frozen_stages):
+        for i in range(min(self.frozen_stages, len(self.stages))):
             yield self.stages[i]
             if hasattr(self, f'norm{i}'):
                 yield getattr(self, f'norm{i}')
@@ -507,9 +511,13 @@ class MambaOut(BaseModule):
         return self
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        # Not while tracing (ONNX export, FLOP counters): there shapes are traced values, not ints.
+        if not torch.jit.is_tracing() and (x.dim() != 4 or x.shape[1] != self.in_channels):
+            raise ValueError(f'MambaOut expects images as a (N, C, H, W) tensor with C = in_channels = '
+                             f'{self.in_channels}, got a tensor of shape {tuple(x.shape)}.')
         x = self.stem(x)
         outs = []
-        for i, stage in enumerate(self.stages[:self.out_indices[-1] + 1]):
+        for i, stage in enumerate(self.stages):
             x = stage(x)
             if i in self.out_indices:
                 out = getattr(self, f'norm{i}')(x) if self.with_output_norm else x

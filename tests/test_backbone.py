@@ -1,4 +1,6 @@
 """MambaOut backbone: exactness against timm, pyramid shapes, options, and errors."""
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -96,6 +98,42 @@ def test_every_parameter_gets_a_gradient_and_no_nan():
         assert torch.isfinite(out).all()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert no_grad == []
+
+
+@pytest.mark.parametrize('out_indices, built', [((0, 1, 2), 3), ((0,), 1), ((1, 3), 4)])
+def test_stages_after_the_last_output_are_not_built_and_all_get_gradients(out_indices, built):
+    model = MambaOut(TINY_ARCH, out_indices=out_indices).train()
+    assert len(model.stages) == built
+    outputs = model(torch.randn(2, 3, 64, 48))
+    assert [o.shape[1] for o in outputs] == [TINY_ARCH['dims'][i] for i in out_indices]
+    sum(o.pow(2).mean() for o in outputs).backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+def test_truncated_backbone_computes_what_the_full_one_does():
+    full = MambaOut(TINY_ARCH).eval()
+    truncated = MambaOut(TINY_ARCH, out_indices=(0, 2)).eval()
+    missing, unexpected = truncated.load_state_dict(full.state_dict(), strict=False)
+    assert missing == [] and all(k.startswith(('stages.3.', 'norm1.', 'norm3.')) for k in unexpected)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected, got = full(x), truncated(x)
+    torch.testing.assert_close(got[0], expected[0], rtol=0, atol=0)
+    torch.testing.assert_close(got[1], expected[2], rtol=0, atol=0)
+
+
+def test_frozen_stages_beyond_the_built_ones_freeze_all_that_is_built():
+    model = MambaOut(TINY_ARCH, out_indices=(0, 1), frozen_stages=4).train()
+    assert all(not p.requires_grad for p in model.parameters())
+    parts = [model.stem, *model.stages, model.norm0, model.norm1]
+    assert all(not m.training for part in parts for m in part.modules())
+
+
+@pytest.mark.parametrize('shape', [(3, 64, 64), (1, 1, 3, 64, 64), (1, 4, 64, 64), (2, 1, 64, 64)])
+def test_input_that_is_not_n_3_h_w_is_one_clear_error(shape):
+    with pytest.raises(ValueError, match=r'\(N, C, H, W\) tensor with C = in_channels = 3, got a tensor of '
+                                         rf'shape {re.escape(str(shape))}'):
+        MambaOut(TINY_ARCH)(torch.randn(shape))
 
 
 def test_output_norms_only_for_out_indices_and_switchable():
