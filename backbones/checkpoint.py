@@ -4,14 +4,23 @@ Two key layouts exist. The backbone uses timm's (``stem``, ``stages.i.downsample
 ``stages.i.blocks.j``); the official release's (``downsample_layers.0`` = stem,
 ``downsample_layers.i``, ``stages.i.j``) is converted here and nowhere else.
 
+A checkpoint is named by a local path, an http(s) URL (downloaded once into torch's hub cache,
+``$TORCH_HOME/hub/checkpoints``) or a Hugging Face hub name (``timm/mambaout_tiny.in1k``,
+``hf-hub:timm/mambaout_tiny``; through ``huggingface_hub``'s cache, so ``HF_HUB_OFFLINE``, ``HF_HOME``,
+``HF_HUB_CACHE`` and ``HF_ENDPOINT`` apply). A download that fails is one :class:`CheckpointDownloadError`
+saying where to put the file by hand.
+
 Files are read with weights-only unpickling (or as ``.safetensors``): a checkpoint from the internet
 cannot run code while it loads.
 """
+import http.client
 import logging
 import os
 import re
+import uuid
 from collections import OrderedDict
 from typing import Dict, Optional
+from urllib.parse import urlparse
 
 import torch
 
@@ -20,34 +29,229 @@ _CLASSIFIER_KEY = re.compile(r'^(head|norm)\.')
 _WRAPPER_KEYS = ('state_dict', 'model', 'module')
 _SHOWN_KEYS = 8
 
+# timm spells hub names ``hf-hub:org/name`` and also accepts ``hf_hub:``; a bare ``timm/name`` is its hf_hub_id.
+_HUB_PREFIXES = ('hf-hub:', 'hf_hub:')
+_TIMM_ORG = 'timm/'
+# A bare ``timm/...`` ending like a file is a (missing) local path, not a hub name: timm's tags never end so.
+_CHECKPOINT_SUFFIXES = ('.pth', '.pt', '.bin', '.safetensors', '.ckpt', '.tar')
+# What a hub repo holds, in the order timm reads it: safetensors first (no unpickling at all).
+_HUB_FILES = ('model.safetensors', 'pytorch_model.bin')
+_OVERRIDE = '--cfg-options model.backbone.init_cfg.checkpoint=/path/to/file'
+
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint does not fit the MambaOut it is loaded into."""
 
 
+class CheckpointDownloadError(OSError):
+    """A checkpoint URL or hub name could not be downloaded, nor found in its cache.
+
+    An ``OSError``, like the ``URLError``/``huggingface_hub`` errors it replaces and the ``FileNotFoundError`` of a
+    missing local file, so that code catching I/O failures around weight loading keeps working. The message names
+    the checkpoint, the cause in one line, the cache path where the file can be put by hand and the override.
+    """
+
+
 def read_checkpoint(path_or_url: str) -> dict:
-    """Read a ``.pth``/``.pt``/``.bin`` (weights-only unpickling) or ``.safetensors`` file, local or http(s)."""
+    """Read a checkpoint given as a local file, an http(s) URL or a Hugging Face hub name.
+
+    Args:
+        path_or_url: a ``.pth``/``.pt``/``.bin`` (weights-only unpickling) or ``.safetensors`` file; an http(s)
+            URL of one (downloaded once into torch's hub cache, then read from there); or a hub name,
+            ``timm/<name>[.<tag>]``, ``hf-hub:<org>/<repo>`` or ``hf_hub:<org>/<repo>``, optionally ``@revision``
+            (see :func:`resolve_hub_name`). An existing local file always wins over a hub name.
+
+    Returns:
+        The raw checkpoint, as saved (possibly wrapped in ``state_dict``/``model``).
+
+    Raises:
+        CheckpointDownloadError: the URL or hub file could not be downloaded and is not in its cache.
+        FileNotFoundError: a local path that does not exist.
+        CheckpointMismatchError: the file holds more than plain tensors (weights-only unpickling refused it).
+    """
     if path_or_url.startswith(('http://', 'https://')):
-        hub_dir = os.path.join(torch.hub.get_dir(), 'checkpoints')
-        path = os.path.join(hub_dir, os.path.basename(path_or_url.split('?')[0]))
-        if not os.path.exists(path):
-            os.makedirs(hub_dir, exist_ok=True)
-            torch.hub.download_url_to_file(path_or_url, path)
-    else:
-        path = os.path.expanduser(path_or_url)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f'MambaOut checkpoint not found: {path_or_url!r}. Give a local file or an '
-                                    'http(s) URL of an official (mambaout_*.pth) or timm checkpoint.')
+        return _read_url(path_or_url)
+    path = os.path.expanduser(path_or_url)
+    if os.path.isfile(path):
+        return _read_file(path, path_or_url)
+    hub_id = resolve_hub_name(path_or_url)
+    if hub_id is not None:
+        return _read_file(_download_from_hub(path_or_url, hub_id), path_or_url)
+    raise FileNotFoundError(f'MambaOut checkpoint not found: {path_or_url!r}. Give a local file, an http(s) URL '
+                            'of an official (mambaout_*.pth) or timm checkpoint, or a hub name such as '
+                            "'timm/mambaout_tiny.in1k' or 'hf-hub:timm/mambaout_tiny'.")
+
+
+def _read_file(path: str, shown_name: str) -> dict:
+    """Read a local ``.safetensors`` file, or any other one with weights-only unpickling."""
     if path.endswith('.safetensors'):
         from safetensors.torch import load_file
-        return load_file(path, device='cpu')
+        try:
+            return load_file(path, device='cpu')
+        except Exception as err:  # safetensors has one error type per binding; say what happened in one line
+            raise CheckpointMismatchError(f'Could not read {shown_name!r} as safetensors ({_one_line(err)}).') from None
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as err:  # pickle errors come in many types; say what happened in one line
         raise CheckpointMismatchError(
-            f'Could not read {path_or_url!r} with weights-only unpickling ({type(err).__name__}: '
-            f'{str(err).splitlines()[0] if str(err) else ""}). Only plain tensors are accepted; if you trust the '
-            'file, re-save its state dict with tools/convert_checkpoint.py.') from None
+            f'Could not read {shown_name!r} with weights-only unpickling ({_one_line(err)}). Only plain tensors '
+            'are accepted; if you trust the file, re-save its state dict with tools/convert_checkpoint.py.') from None
+
+
+def _one_line(err: BaseException) -> str:
+    """``Type: first line of the message`` of an exception."""
+    text = str(err).strip()
+    return f'{type(err).__name__}: {text.splitlines()[0]}' if text else type(err).__name__
+
+
+def torch_hub_cache_path(url: str) -> str:
+    """Where torch's hub keeps the download of ``url``: ``$TORCH_HOME/hub/checkpoints/<file name in the URL>``.
+
+    The same path as :func:`torch.hub.load_state_dict_from_url`, so both share one cache.
+    """
+    return os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(urlparse(url).path))
+
+
+def _read_url(url: str) -> dict:
+    """Read the checkpoint of ``url`` from torch's hub cache, downloading it there first if needed.
+
+    torch's ``download_url_to_file`` writes to ``<dst>.<uuid>.partial`` and moves it to ``dst`` only after the last
+    byte, deleting the partial file on any error or interrupt; we rely on that. It cannot notice a server that
+    closes the connection early (Python's http.client then just ends the stream), so ``dst`` is a staging name and
+    the file moves to the cache path only once it has been read successfully.
+    """
+    cached = torch_hub_cache_path(url)
+    if os.path.isfile(cached):
+        return _read_file(cached, url)
+    # Unique per process (data-parallel ranks may download at once); the extension says how to read the file.
+    stem, extension = os.path.splitext(cached)
+    staged = f'{stem}.{uuid.uuid4().hex}.unverified{extension}'
+    try:
+        _download_url(url, cached, staged)
+        try:
+            checkpoint = _read_file(staged, url)
+        except CheckpointMismatchError as err:
+            raise CheckpointMismatchError(f'{err} The file was downloaded just now and removed again: if the '
+                                          'download was cut short, running again downloads it anew.') from None
+        os.replace(staged, cached)
+        return checkpoint
+    finally:
+        if os.path.exists(staged):
+            os.remove(staged)
+
+
+def _download_url(url: str, cached: str, staged: str) -> None:
+    """Download ``url`` to ``staged`` with a progress bar; any failure is a :class:`CheckpointDownloadError`."""
+    if not os.path.basename(cached):
+        raise CheckpointDownloadError(f'The MambaOut checkpoint URL {url!r} names no file (its path ends with "/"), '
+                                      f'so it has no place in torch\'s hub cache. Give a local file: {_OVERRIDE}')
+    os.makedirs(os.path.dirname(cached), exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, staged, progress=True)
+    except (OSError, http.client.HTTPException, ValueError) as err:  # URLError/HTTPError/timeouts are OSErrors
+        raise CheckpointDownloadError(
+            f'Could not download the MambaOut checkpoint {url!r} ({_one_line(err)}).\n'
+            f'  Put the file by hand at {cached} (torch\'s hub cache, under TORCH_HOME),\n'
+            f'  or give a local file: {_OVERRIDE}') from None
+
+
+def resolve_hub_name(name: str) -> Optional[str]:
+    """The Hugging Face hub repo of a checkpoint name, or None if ``name`` is not a hub name.
+
+    Hub names are ``hf-hub:<org>/<repo>`` and ``hf_hub:<org>/<repo>`` (timm's spellings) and a bare
+    ``timm/<model>[.<tag>]`` (timm's ``hf_hub_id``), each optionally ending in ``@<revision>``. A timm name without a
+    pretrained tag resolves, through timm's pretrained configs and without network access, to the default tag:
+    ``timm/mambaout_tiny`` -> ``timm/mambaout_tiny.in1k``.
+
+    Args:
+        name: the ``checkpoint`` of ``init_cfg``.
+
+    Returns:
+        ``<org>/<repo>[@<revision>]``, or None.
+    """
+    prefix = next((p for p in _HUB_PREFIXES if name.startswith(p)), None)
+    if prefix is not None:
+        repo = name[len(prefix):]
+    elif name.startswith(_TIMM_ORG) and '/' not in name[len(_TIMM_ORG):] and not name.endswith(_CHECKPOINT_SUFFIXES):
+        repo = name
+    else:
+        return None
+    repo_id, at, revision = repo.partition('@')
+    return _with_timm_default_tag(repo_id) + at + revision
+
+
+def _with_timm_default_tag(repo_id: str) -> str:
+    """``timm/<model>`` -> timm's ``hf_hub_id`` of the model's default pretrained tag; any other repo unchanged."""
+    model = repo_id[len(_TIMM_ORG):]
+    if not repo_id.startswith(_TIMM_ORG) or not model or '.' in model:
+        return repo_id
+    from timm.models import get_pretrained_cfg  # timm's model registry: a local table, no network
+    pretrained_cfg = get_pretrained_cfg(model)
+    return pretrained_cfg.hf_hub_id if pretrained_cfg is not None and pretrained_cfg.hf_hub_id else repo_id
+
+
+def _download_from_hub(name: str, hub_id: str) -> str:
+    """The local path of a hub repo's weights, downloaded into huggingface_hub's cache if not there yet.
+
+    Args:
+        name: the checkpoint as the user wrote it, for the error message.
+        hub_id: its repo, ``<org>/<repo>[@<revision>]`` (see :func:`resolve_hub_name`).
+
+    Raises:
+        CheckpointDownloadError: neither weights file can be downloaded nor is in the cache.
+    """
+    from huggingface_hub.errors import HFValidationError
+    repo_id, _, revision = hub_id.partition('@')
+    try:
+        return _hub_weights_file(repo_id, revision or None)
+    except HFValidationError as err:  # raised before any download: there is no cache folder to name
+        raise CheckpointDownloadError(f'{name!r} is not a hub name ({_one_line(err)}). Hub names look like '
+                                      f"'timm/mambaout_tiny.in1k' or 'hf-hub:<org>/<repo>'.") from None
+    # hf_hub_download's errors come from huggingface_hub, its HTTP client and hf_xet, whose classes change between
+    # versions; each is a failed download here, reported with its type and message.
+    except Exception as err:
+        raise CheckpointDownloadError(_hub_failure_message(name, repo_id, revision or 'main', err)) from None
+
+
+def _hub_weights_file(repo_id: str, revision: Optional[str]) -> str:
+    """``model.safetensors`` of the repo, else its ``pytorch_model.bin``, as timm looks for them.
+
+    ``hf_hub_download`` handles the cache, ``HF_HUB_OFFLINE``, ``HF_HOME``/``HF_HUB_CACHE`` and ``HF_ENDPOINT``.
+    timm's ``load_state_dict_from_hf`` tries the same two files but unpickles a ``.bin`` with ``argparse.Namespace``
+    allowed, looser than our weights-only reading; so we take only the path and read the file ourselves.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+    safetensors_file, pickle_file = _HUB_FILES
+    try:
+        return hf_hub_download(repo_id, safetensors_file, revision=revision)
+    except LocalEntryNotFoundError as unreachable:  # offline or hub unreachable, and not in the cache
+        try:  # only the cache can still help: asking the hub again would repeat huggingface_hub's ~20 s of retries
+            return hf_hub_download(repo_id, pickle_file, revision=revision, local_files_only=True)
+        except LocalEntryNotFoundError:
+            raise unreachable  # its cause (offline mode, a connection error) is the one to report
+    except EntryNotFoundError:  # the repo has no safetensors
+        return hf_hub_download(repo_id, pickle_file, revision=revision)
+
+
+def _hub_failure_message(name: str, repo_id: str, revision: str, err: Exception) -> str:
+    """What failed and why, where huggingface_hub's cache is, and the two ways around it."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.file_download import repo_folder_name
+    if constants.is_offline_mode() and isinstance(err, LocalEntryNotFoundError):
+        cause = 'HF_HUB_OFFLINE=1 and not in the cache'
+    else:  # huggingface_hub's own message is generic; the error under it says what the network did
+        cause = _one_line(err) + (f'; caused by {_one_line(err.__cause__)}' if err.__cause__ is not None else '')
+    shown_repo = '' if repo_id in name else f' (hub repo {repo_id})'
+    weights_file = _HUB_FILES[0]
+    return (f'Could not get the MambaOut checkpoint {name!r}{shown_repo}: neither {" nor ".join(_HUB_FILES)} could '
+            f'be downloaded ({cause}).\n'
+            f'  Fill huggingface_hub\'s cache {constants.HF_HUB_CACHE} (set by HF_HUB_CACHE or HF_HOME) on a machine '
+            f'with internet (`hf download {repo_id} {weights_file}`) and copy its '
+            f'{repo_folder_name(repo_id=repo_id, repo_type="model")} folder here,\n'
+            f'  or download {weights_file} by hand from {constants.ENDPOINT}/{repo_id}/tree/{revision} and give it: '
+            f'--cfg-options model.backbone.init_cfg.checkpoint=/path/to/{weights_file}')
 
 
 def unwrap_state_dict(checkpoint: dict, prefix: Optional[str] = None) -> Dict[str, torch.Tensor]:
@@ -105,16 +309,34 @@ def _describe(keys, what):
     return f'{what}: {keys[:_SHOWN_KEYS]}{more}'
 
 
+_UNUSED_MODULE = re.compile(r'^(stages\.\d+|norm\d+)')
+
+
+def _unused_by(model, key: str) -> bool:
+    """Whether ``key`` belongs to a stage that ``model`` does not build, or to the output norm of a stage it
+    does not return."""
+    stage = re.match(r'^stages\.(\d+)\.', key)
+    if stage:
+        return int(stage.group(1)) >= len(model.stages)
+    out_norm = re.match(r'^norm(\d+)\.', key)
+    return bool(out_norm) and int(out_norm.group(1)) not in model.out_indices
+
+
 def load_pretrained(model, checkpoint: str, prefix: Optional[str] = None,
                     logger: Optional[logging.Logger] = None):
     """Load a checkpoint into a :class:`~backbones.MambaOut`, strictly.
 
-    The classifier head and final norm are dropped (one info line); output norms ``norm{i}`` absent from
-    the checkpoint are reported as newly initialised. Anything else missing, unexpected or of the wrong
-    shape raises :class:`CheckpointMismatchError` naming the arch and the keys at fault.
+    The classifier head and final norm are dropped (one info line), and so are the stages the model does
+    not build (after its last ``out_indices``) and the output norms of stages it does not return (one info
+    line); output norms ``norm{i}`` absent from the checkpoint are reported as newly initialised. Anything
+    else missing, unexpected or of the wrong shape raises :class:`CheckpointMismatchError` naming the arch
+    and the keys at fault.
     """
     logger = logger or logging.getLogger(__name__)
     state, dropped = to_backbone_state_dict(read_checkpoint(checkpoint), prefix)
+    unused = [k for k in state if _unused_by(model, k)]
+    for key in unused:
+        del state[key]
     own = model.state_dict()
     out_norms = {k for k in own if re.match(r'^norm\d+\.', k)}
     missing = set(own) - set(state) - out_norms
@@ -130,6 +352,9 @@ def load_pretrained(model, checkpoint: str, prefix: Optional[str] = None,
     model.load_state_dict(state, strict=False)
     if dropped:
         logger.info(f'MambaOut: dropped {len(dropped)} classifier keys (head.*, norm.*) from {checkpoint!r}.')
+    if unused:
+        logger.info(f'MambaOut: dropped {len(unused)} keys of {checkpoint!r} for stages that out_indices '
+                    f'{model.out_indices} does not use ({sorted({_UNUSED_MODULE.match(k).group(0) for k in unused})}).')
     fresh = sorted({k.split('.')[0] for k in out_norms - set(state)})
     if fresh:
         logger.info(f'MambaOut: output norms {fresh} are not in {checkpoint!r}; newly initialised.')

@@ -2,10 +2,22 @@
 
 Nothing is downloaded: every checkpoint is made here from random weights.
 """
+import atexit
+import os
 import re
+import shutil
+import tempfile
 
-import pytest
-import torch
+# Tests never download. Empty caches of their own and the hub's offline mode (read when huggingface_hub is
+# imported, so set before anything imports it): a stray hub lookup fails at once instead of after the hub's
+# retries, and no test passes because this machine's caches happen to hold real weights. Subprocesses inherit it.
+_CACHES = tempfile.mkdtemp(prefix='mambaout-test-caches-')
+atexit.register(shutil.rmtree, _CACHES, ignore_errors=True)
+os.environ.update(HF_HUB_OFFLINE='1', HF_HOME=os.path.join(_CACHES, 'huggingface'),
+                  TORCH_HOME=os.path.join(_CACHES, 'torch'))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Official release layout <- timm layout (the inverse of timm's checkpoint_filter_fn).
 _TIMM_TO_OFFICIAL = (

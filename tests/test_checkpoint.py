@@ -102,6 +102,26 @@ def test_load_reports_dropped_head_and_new_output_norms(femto_states, tmp_path, 
     assert "['norm0', 'norm1', 'norm2', 'norm3']" in text and 'newly initialised' in text
 
 
+@pytest.mark.parametrize('out_indices', [(0, 1, 2), (1,), (1, 3)])
+def test_full_checkpoint_into_a_backbone_that_returns_fewer_stages(tmp_path, caplog, out_indices):
+    full = MambaOut('femto')
+    full.init_weights()
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in full.state_dict().items()}}, tmp_path / 'det.pth')
+    logger = logging.getLogger('mambaout-test')
+    model = MambaOut('femto', out_indices=out_indices)
+    with caplog.at_level(logging.INFO, logger='mambaout-test'):
+        load_pretrained(model, str(tmp_path / 'det.pth'), logger=logger)
+    not_built = [f'stages.{i}' for i in range(max(out_indices) + 1, 4)]
+    not_returned = [f'norm{i}' for i in range(4) if i not in out_indices]
+    info = [r.getMessage() for r in caplog.records if 'does not use' in r.getMessage()]
+    assert len(info) == 1 and str(sorted(not_built + not_returned)) in info[0]
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        expected, got = full.eval()(x), model.eval()(x)
+    for i, out in zip(out_indices, got):
+        torch.testing.assert_close(out, expected[i], rtol=0, atol=0)
+
+
 def test_wrong_variant_raises_and_names_arch_and_keys(tmp_path):
     base = MambaOut('base', with_output_norm=False)
     torch.save(base.state_dict(), tmp_path / 'base.pth')

@@ -3,8 +3,9 @@
 mmdet's and mmseg's own train/test scripts do the same with mmengine's Runner; ours serve det and seg
 configs alike (mmseg 1.2.2's package ships no train.py to call) and add one thing mmengine 0.10.7
 lacks: distributed runs on machines without CUDA (its init_dist calls torch.cuda.set_device and its
-DDP wrapper passes device_ids), set up here with the gloo backend; and resuming under torch's
-weights-only ``torch.load`` default, which mmengine 0.10.7 predates (see ``RUNNER_STATE_GLOBALS``).
+DDP wrapper passes device_ids), set up here with the gloo backend; and resuming from checkpoints written
+before the plugins made training checkpoints weights-only loadable (``backbones/training_checkpoint.py``;
+see ``RUNNER_STATE_GLOBALS``).
 """
 import os
 import os.path as osp
@@ -59,11 +60,11 @@ def _use_gloo_on_cpu(cfg):
     cfg.model_wrapper_cfg = wrapper
 
 
-# What an mmengine training checkpoint holds besides tensors: the message hub's HistoryBuffers (numpy
-# arrays and scalars, and their statistics methods, pickled as getattr(HistoryBuffer, 'min')).
-# Allowed only while the Runner resumes or loads a checkpoint: torch's weights-only unpickler still
-# calls nothing but allowlisted callables, and every other load (the backbone's pretrained weights)
-# keeps torch's default allowlist.
+# What an mmengine training checkpoint written without WeightsOnlyCheckpointHook (before the plugins added
+# it) holds besides tensors: the message hub's HistoryBuffers (numpy arrays and scalars, and their
+# statistics methods, pickled as getattr(HistoryBuffer, 'min')). Allowed only while the Runner resumes or
+# loads a checkpoint: torch's weights-only unpickler still calls nothing but allowlisted callables, and
+# every other load (the backbone's pretrained weights) keeps torch's default allowlist.
 _NP_CORE = np._core if hasattr(np, '_core') else np.core  # numpy 2 renamed it
 RUNNER_STATE_GLOBALS = [
     HistoryBuffer, getattr, np.ndarray, np.dtype, _NP_CORE.multiarray._reconstruct, _NP_CORE.multiarray.scalar,
