@@ -10,13 +10,15 @@ import copy
 from typing import Dict, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from timm.layers import DropPath, LayerScale
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from .checkpoint import load_pretrained
+from .gated_cnn_kernel import GatedCNNParams, GatedCNNSpec, gated_cnn_branch
 
 # Fields every variant has, with the reference's defaults (official MambaOut / timm ``MambaOut``).
 ARCH_DEFAULTS = dict(
@@ -123,195 +125,24 @@ class Downsample(nn.Module):
         return x if self.norm_first else self.norm(x)
 
 
-def _depthwise_conv_backward(grad: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor, need_weight: bool,
-                             need_bias: bool):
-    """Input, weight and bias gradients of a stride-1, 'same'-padded depthwise conv. ``grad`` and ``inp``
-    are NCHW views of NHWC tensors (channels_last memory)."""
-    backward = _depthwise_conv_backward_as_convs if grad.device.type == 'cpu' else _depthwise_conv_backward_aten
-    grad_in, grad_weight = backward(grad, inp, weight, need_weight)
-    return grad_in, grad_weight, grad.sum((0, 2, 3)) if need_bias else None
-
-
-def _depthwise_conv_backward_as_convs(grad, inp, weight, need_weight):
-    """On CPU oneDNN's depthwise weight gradient takes several times its forward conv; as forward convs
-    (0.6-0.8x the time, docs/benchmarks.md): the input gradient is a conv with the flipped kernel, the
-    weight gradient each sample's input convolved with its output gradient as the kernel."""
-    pad, groups = weight.shape[-1] // 2, weight.shape[0]
-    grad_in = F.conv2d(grad, weight.flip(2, 3), padding=pad, groups=groups)
-    grad_weight = None
-    if need_weight:
-        for n in range(grad.shape[0]):
-            part = F.conv2d(inp[n:n + 1], grad[n].unsqueeze(1).contiguous(), padding=pad, groups=groups)
-            grad_weight = part if grad_weight is None else grad_weight.add_(part)
-        grad_weight = grad_weight.view_as(weight)
-    return grad_in, grad_weight
-
-
-def _depthwise_conv_backward_aten(grad, inp, weight, need_weight):
-    """The backend's own conv backward (cuDNN on CUDA)."""
-    pad, groups = weight.shape[-1] // 2, weight.shape[0]
-    grad_in, grad_weight, _ = torch.ops.aten.convolution_backward(
-        grad, inp, weight, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], groups, [True, need_weight, False])
-    return grad_in, grad_weight
-
-
-def _norm_and_conv_part(block: 'GatedCNNBlock', x: torch.Tensor, dtype: torch.dtype, params):
-    """LayerNorm, fc1's conv part and the depthwise conv, in ``dtype``: ``(y, fc1 weight and bias in dtype,
-    conv input, conv output)``, the conv tensors NHWC.
-
-    fc1 runs as two matmuls, this one and ``[gate, identity]`` (same numbers as one), so that the conv
-    input is a contiguous NHWC tensor, i.e. a channels_last one that the depthwise conv takes without a
-    layout copy.
-    """
-    norm_w, norm_b, fc1_w, fc1_b, conv_w, conv_b = params[:6]
-    hidden, n_id, n_conv = block.split_indices
-    y = F.layer_norm(x, x.shape[-1:], norm_w.to(x.dtype), norm_b.to(x.dtype), block.norm.eps).to(dtype)
-    fc1_w, fc1_b = fc1_w.to(dtype), fc1_b.to(dtype)
-    conv_in = F.linear(y, fc1_w[hidden + n_id:], fc1_b[hidden + n_id:])
-    conv_out = F.conv2d(conv_in.permute(0, 3, 1, 2), conv_w.to(dtype), conv_b.to(dtype),
-                        padding=conv_w.shape[-1] // 2, groups=n_conv).permute(0, 2, 3, 1)
-    return y, fc1_w, fc1_b, conv_in, conv_out
-
-
-def _gate(block: 'GatedCNNBlock', gate_id: torch.Tensor, conv_out: torch.Tensor) -> torch.Tensor:
-    """act(gate) * cat(identity, conv_out), in place in act's output: no torch.cat copy. act runs on a
-    strided slice as in timm: CPU kernels round differently on contiguous data."""
-    hidden, n_id, _ = block.split_indices
-    gated = block.act(gate_id[..., :hidden])
-    gated[..., :n_id].mul_(gate_id[..., hidden:])
-    gated[..., n_id:].mul_(conv_out)
-    return gated
-
-
-def _gated_forward(block: 'GatedCNNBlock', x: torch.Tensor, dtype: torch.dtype, params):
-    """The block's residual branch (before LayerScale) without autograd, in ``dtype`` (autocast's or x's).
-
-    Returns the output and what backward needs: fc1's output, as ``[gate, identity]`` and the conv
-    input, and the conv output: 2 * hidden + conv channels (about 7 channel-widths for the default
-    ratios) instead of the ~14-16 that autograd keeps for the plain modules.
-    """
-    fc2_w, fc2_b = params[6:]
-    hidden, n_id, _ = block.split_indices
-    y, fc1_w, fc1_b, conv_in, conv_out = _norm_and_conv_part(block, x, dtype, params)
-    gate_id = F.linear(y, fc1_w[:hidden + n_id], fc1_b[:hidden + n_id])
-    gated = _gate(block, gate_id, conv_out)
-    return F.linear(gated, fc2_w.to(dtype), fc2_b.to(dtype)), (gate_id, conv_in, conv_out)
-
-
-# Pixels per chunk in the no-grad CPU path: a chunk's ~2 * hidden-wide intermediates (2.5 MB for
-# MambaOut-T) stay in cache instead of going to memory and back several times. 512-2048 measured
-# 0.72-0.85x timm's inference time at 800x1344, unchunked 0.80-0.92x (docs/benchmarks.md).
-INFERENCE_CHUNK_PIXELS = 1024
-
-
-def _gated_inference(block: 'GatedCNNBlock', x: torch.Tensor, dtype: torch.dtype, params) -> torch.Tensor:
-    """:func:`_gated_forward`'s output without what backward needs, on CPU in chunks of pixels: only the
-    depthwise conv needs whole feature maps; fc1's gate/identity part, the gating and fc2 run per chunk."""
-    if x.device.type != 'cpu':
-        return _gated_forward(block, x, dtype, params)[0]
-    fc2_w, fc2_b = params[6:]
-    hidden, n_id, n_conv = block.split_indices
-    y, fc1_w, fc1_b, _, conv_out = _norm_and_conv_part(block, x, dtype, params)
-    y, conv_out = y.reshape(-1, y.shape[-1]), conv_out.reshape(-1, n_conv)
-    gate_id_w, gate_id_b = fc1_w[:hidden + n_id], fc1_b[:hidden + n_id]
-    fc2_wt, fc2_b = fc2_w.to(dtype).t(), fc2_b.to(dtype)
-    out = y.new_empty(y.shape[0], fc2_wt.shape[1])
-    bounds = [*range(0, y.shape[0], INFERENCE_CHUNK_PIXELS), y.shape[0]]
-    if len(bounds) > 2 and bounds[-1] - bounds[-2] < INFERENCE_CHUNK_PIXELS // 2:
-        # A short last chunk joins the one before: matmuls of a few rows take other MKL kernels, which
-        # round differently from the whole-tensor matmul of the reference.
-        del bounds[-2]
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        gated = _gate(block, F.linear(y[start:end], gate_id_w, gate_id_b), conv_out[start:end])
-        torch.addmm(fc2_b, gated, fc2_wt, out=out[start:end])
-    return out.view(*x.shape[:-1], -1)
-
-
-def _gated_backward(block: 'GatedCNNBlock', dtype: torch.dtype, grad: torch.Tensor, x: torch.Tensor, saved,
-                    params, needs):
-    """Gradients of :func:`_gated_forward` for ``x`` and ``params`` (None where ``needs`` says so)."""
-    norm_w, norm_b, fc1_w, fc1_b, conv_w, conv_b, fc2_w, fc2_b = params
-    gate_id, conv_in, conv_out = saved
-    hidden, n_id, n_conv = block.split_indices
-    gate, identity = gate_id[..., :hidden], gate_id[..., hidden:]
-    dim = x.shape[-1]
-    grad = grad.to(dtype).reshape(-1, dim)
-
-    # fc2, with its input recomputed (elementwise, cheap) instead of kept from forward.
-    act = block.act(gate)
-    buf = torch.empty_like(act)
-    torch.mul(act[..., :n_id], identity, out=buf[..., :n_id])
-    torch.mul(act[..., n_id:], conv_out, out=buf[..., n_id:])
-    grad_fc2_w = grad.t().mm(buf.view(-1, hidden)) if needs[7] else None
-    grad_fc2_b = grad.sum(0) if needs[8] else None
-    grad_gated = grad.mm(fc2_w.to(dtype)).view(act.shape)
-
-    # Gating: d gate = act'(gate) * d gated * cat(identity, conv_out), computed in buf.
-    torch.mul(grad_gated[..., :n_id], identity, out=buf[..., :n_id])
-    torch.mul(grad_gated[..., n_id:], conv_out, out=buf[..., n_id:])
-    if isinstance(block.act, nn.GELU):
-        torch.ops.aten.gelu_backward.grad_input(buf, gate, approximate=block.act.approximate, grad_input=buf)
-    else:
-        torch.ops.aten.silu_backward.grad_input(buf, gate, grad_input=buf)
-    grad_id = grad_gated[..., :n_id] * act[..., :n_id]
-    grad_conv_out = grad_gated[..., n_id:] * act[..., n_id:]
-    del grad_gated, act
-    grad_conv_in, grad_conv_w, grad_conv_b = _depthwise_conv_backward(
-        grad_conv_out.permute(0, 3, 1, 2), conv_in.permute(0, 3, 1, 2), conv_w.to(dtype), needs[5], needs[6])
-    del grad_conv_out
-
-    # fc1, one matmul per part of its output: contiguous operands, no 2 * hidden-wide gradient buffer.
-    parts = [t.reshape(grad.shape[0], t.shape[-1]) for t in (buf, grad_id, grad_conv_in.permute(0, 2, 3, 1))]
-    norm_w, norm_b = norm_w.to(x.dtype), norm_b.to(x.dtype)
-    y, mean, rstd = torch.ops.aten.native_layer_norm(x, [dim], norm_w, norm_b, block.norm.eps)
-    y = y.to(dtype).view(-1, dim)
-    grad_fc1_w = grad_fc1_b = None
-    if needs[3]:
-        grad_fc1_w = y.new_empty(fc1_w.shape)
-        for part, out in zip(parts, grad_fc1_w.split(block.split_indices)):
-            torch.mm(part.t(), y, out=out)
-    if needs[4]:
-        grad_fc1_b = torch.cat([part.sum(0) for part in parts])
-    fc1_ws = fc1_w.to(dtype).split(block.split_indices)
-    grad_y = parts[0].mm(fc1_ws[0]).addmm_(parts[1], fc1_ws[1]).addmm_(parts[2], fc1_ws[2])
-    grad_x, grad_norm_w, grad_norm_b = torch.ops.aten.native_layer_norm_backward(
-        grad_y.view(x.shape).to(x.dtype), x, [dim], mean, rstd, norm_w, norm_b, list(needs[:3]))
-    grads = (grad_norm_w, grad_norm_b, grad_fc1_w, grad_fc1_b, grad_conv_w, grad_conv_b, grad_fc2_w, grad_fc2_b)
-    return (grad_x, *(None if g is None else g.to(p.dtype) for g, p in zip(grads, params)))
-
-
-class _GatedCNNFunction(torch.autograd.Function):
-    """The residual branch with a hand-written backward: keeps fc1's and the conv's outputs only, and
-    recomputes LayerNorm and the gating in backward. The parameters are inputs so that they get
-    gradients; ``dtype`` stands for autocast, which is off inside."""
-
-    @staticmethod
-    def forward(ctx, x, block, dtype, *params):
-        with torch.autocast(x.device.type, enabled=False):
-            out, saved = _gated_forward(block, x, dtype, params)
-        ctx.block, ctx.dtype = block, dtype
-        # All through save_for_backward, so that with_cp's checkpoint can drop and recompute them.
-        ctx.save_for_backward(x, *saved, *params)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        x, *rest = ctx.saved_tensors
-        needs = (ctx.needs_input_grad[0], *ctx.needs_input_grad[3:])
-        with torch.autocast(x.device.type, enabled=False):
-            grad_x, *grad_params = _gated_backward(ctx.block, ctx.dtype, grad, x, rest[:3], rest[3:], needs)
-        return (grad_x, None, None, *grad_params)
-
-
 class GatedCNNBlock(nn.Module):
     """Gated CNN block: LayerNorm -> fc1 -> (gate, identity, conv) -> 7x7 depthwise conv on the conv
     part -> fc2(act(gate) * cat(identity, conv)) -> LayerScale -> drop path, plus the shortcut.
 
     NHWC in and out. Disabled parts are ``nn.Identity`` so checkpoint keys never move. With GELU or SiLU,
-    outside torch.compile and jit tracing, the branch runs as :class:`_GatedCNNFunction`: the same
+    outside torch.compile and jit tracing, the branch runs as :mod:`backbones.gated_cnn_kernel`: the same
     forward numbers as the plain modules (:meth:`_residual_plain`), about half their activation memory
     for backward, and faster on CPU.
+
+    Args:
+        dim (int): input and output channels.
+        expansion_ratio (float): fc1's hidden width per part, times ``dim``. Default: 8/3.
+        kernel_size (int): the depthwise conv's kernel size. Default: 7.
+        conv_ratio (float): channels through the depthwise conv, times ``dim``. Default: 1.0.
+        ls_init_value (float, optional): LayerScale's init value; None disables it. Default: None.
+        act_layer (type): the gate's activation. Default: ``nn.GELU``.
+        drop_path (float): stochastic depth rate. Default: 0.
+        with_cp (bool): recompute the block in backward (activation checkpointing). Default: False.
     """
 
     def __init__(self, dim: int, expansion_ratio: float = 8 / 3, kernel_size: int = 7, conv_ratio: float = 1.0,
@@ -329,22 +160,21 @@ class GatedCNNBlock(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
         self.ls = LayerScale(dim, ls_init_value) if ls_init_value is not None else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        # The kernel knows GELU and SiLU; other activations run the plain modules.
+        self.kernel_spec = None
+        if isinstance(self.act, (nn.GELU, nn.SiLU)):
+            act = 'gelu' if isinstance(self.act, nn.GELU) else 'silu'
+            self.kernel_spec = GatedCNNSpec(*self.split_indices, act=act, eps=self.norm.eps,
+                                            gelu_approximate=getattr(self.act, 'approximate', 'none'))
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling() or torch.jit.is_tracing() or not isinstance(self.act, (nn.GELU, nn.SiLU)):
+        if torch.compiler.is_compiling() or torch.jit.is_tracing() or self.kernel_spec is None:
             # torch.compile fuses the plain graph and picks what to recompute itself; tracers (FLOP
             # counters, ONNX export) cannot record a custom autograd Function.
             return self._residual_plain(x)
-        device = x.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-        params = (self.norm.weight, self.norm.bias, self.fc1.weight, self.fc1.bias, self.conv.weight,
-                  self.conv.bias, self.fc2.weight, self.fc2.bias)
-        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
-            out = _GatedCNNFunction.apply(x, self, dtype, *params)
-        else:
-            with torch.autocast(device, enabled=False):
-                out = _gated_inference(self, x, dtype, params)
-        return self.ls(out)
+        params = GatedCNNParams(self.norm.weight, self.norm.bias, self.fc1.weight, self.fc1.bias,
+                                self.conv.weight, self.conv.bias, self.fc2.weight, self.fc2.bias)
+        return self.ls(gated_cnn_branch(x, self.kernel_spec, params))
 
     def _residual_plain(self, x: torch.Tensor) -> torch.Tensor:
         """The reference formulation (timm's), with autograd through every op."""
@@ -480,7 +310,6 @@ class MambaOut(BaseModule):
 
     def init_weights(self):
         if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
-            from .checkpoint import load_pretrained  # noqa: avoid an import cycle at module load
             load_pretrained(self, self.init_cfg['checkpoint'], prefix=self.init_cfg.get('prefix'),
                             logger=MMLogger.get_current_instance())
             self._is_init = True

@@ -51,9 +51,9 @@ def test_same_network_as_timm(arch, timm_model):
 ])
 def test_chunked_cpu_inference_is_the_same_network(arch, chunk, shape, timm_model, monkeypatch):
     # The exactness test above fits in one chunk; here chunks split the feature maps unevenly.
-    import backbones.mambaout as mambaout
+    from backbones import gated_cnn_kernel
     if chunk is not None:
-        monkeypatch.setattr(mambaout, 'INFERENCE_CHUNK_PIXELS', chunk)
+        monkeypatch.setattr(gated_cnn_kernel, 'INFERENCE_CHUNK_PIXELS', chunk)
     reference = timm_model(arch)
     model = MambaOut(arch, with_output_norm=False).eval()
     model.load_state_dict(to_backbone_state_dict(reference.state_dict())[0], strict=True)

@@ -1,0 +1,285 @@
+"""The Gated CNN block's residual branch with a hand-written backward (memory-lean kernel).
+
+Same forward numbers as the plain modules (timm's formulation, ``GatedCNNBlock._residual_plain``), about half
+their activation memory for backward, and faster on CPU; docs/benchmarks.md has the design and the figures.
+The branch is LayerNorm -> fc1 -> (gate, identity, conv part) -> depthwise conv on the conv part ->
+fc2(act(gate) * cat(identity, conv)), NHWC, before LayerScale. It is described by a :class:`GatedCNNSpec`
+and a :class:`GatedCNNParams`; no module enters the autograd graph.
+"""
+from dataclasses import dataclass
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+# Pixels per chunk in the no-grad CPU path: a chunk's ~2 * hidden-wide intermediates stay in cache instead of
+# going to memory and back several times (sizes measured in docs/benchmarks.md).
+INFERENCE_CHUNK_PIXELS = 1024
+
+
+@dataclass(frozen=True)
+class GatedCNNSpec:
+    """The shape of one block's branch.
+
+    Args:
+        hidden (int): fc1's output width per part, i.e. the gate's channels and fc2's input channels.
+        identity_channels (int): channels of fc1's second part passed through ungated by the conv.
+        conv_channels (int): channels of fc1's second part that go through the depthwise conv.
+        act (str): the gate's activation, ``'gelu'`` or ``'silu'``.
+        gelu_approximate (str): GELU's ``approximate`` (``'none'`` or ``'tanh'``). Default: ``'none'``.
+        eps (float): the LayerNorm's eps. Default: 1e-6.
+    """
+    hidden: int
+    identity_channels: int
+    conv_channels: int
+    act: str
+    gelu_approximate: str = 'none'
+    eps: float = 1e-6
+
+    def __post_init__(self):
+        if self.act not in ('gelu', 'silu'):
+            raise ValueError(f"GatedCNNSpec act must be 'gelu' or 'silu', got {self.act!r}.")
+
+    @property
+    def split_sizes(self) -> Tuple[int, int, int]:
+        """fc1's output parts: ``(gate, identity, conv)``."""
+        return self.hidden, self.identity_channels, self.conv_channels
+
+    @property
+    def gate_identity_channels(self) -> int:
+        """fc1's rows for ``[gate, identity]``; the rows after them produce the conv part."""
+        return self.hidden + self.identity_channels
+
+
+class GatedCNNParams(NamedTuple):
+    """The branch's parameters (or, in backward, their gradients or whether each is needed)."""
+    norm_weight: torch.Tensor
+    norm_bias: torch.Tensor
+    fc1_weight: torch.Tensor
+    fc1_bias: torch.Tensor
+    conv_weight: torch.Tensor
+    conv_bias: torch.Tensor
+    fc2_weight: torch.Tensor
+    fc2_bias: torch.Tensor
+
+
+class GatedCNNSaved(NamedTuple):
+    """What backward keeps from forward: fc1's output as ``[gate, identity]`` and the conv input, and the
+    conv output, all NHWC: 2 * hidden + conv channels per pixel (about 7 channel-widths for the default
+    ratios) instead of the ~14-16 that autograd keeps for the plain modules."""
+    gate_id: torch.Tensor
+    conv_in: torch.Tensor
+    conv_out: torch.Tensor
+
+
+def gated_cnn_branch(x: torch.Tensor, spec: GatedCNNSpec, params: GatedCNNParams) -> torch.Tensor:
+    """The branch's output for NHWC ``x``, in autocast's dtype where autocast is on: through
+    :class:`GatedCNNFunction` when a gradient is wanted, else :func:`gated_inference`."""
+    device = x.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+        return GatedCNNFunction.apply(x, spec, dtype, *params)
+    with torch.autocast(device, enabled=False):
+        return gated_inference(spec, x, dtype, params)
+
+
+class GatedCNNFunction(torch.autograd.Function):
+    """The branch with a hand-written backward: keeps :class:`GatedCNNSaved` only, and recomputes LayerNorm
+    and the gating in backward. The parameters are inputs so that they get gradients; ``dtype`` stands for
+    autocast, which is off inside."""
+
+    @staticmethod
+    def forward(ctx, x, spec, dtype, *params):
+        with torch.autocast(x.device.type, enabled=False):
+            out, saved = gated_forward(spec, x, dtype, GatedCNNParams(*params))
+        ctx.spec, ctx.dtype = spec, dtype
+        # All through save_for_backward, so that with_cp's checkpoint can drop and recompute them.
+        ctx.save_for_backward(x, *saved, *params)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, gate_id, conv_in, conv_out, *params = ctx.saved_tensors
+        needs = GatedCNNParams(*ctx.needs_input_grad[3:])
+        with torch.autocast(x.device.type, enabled=False):
+            grad_x, grads = gated_backward(ctx.spec, ctx.dtype, grad, x, GatedCNNSaved(gate_id, conv_in, conv_out),
+                                           GatedCNNParams(*params), ctx.needs_input_grad[0], needs)
+        return (grad_x, None, None, *grads)
+
+
+# Forward.
+
+def _act(spec: GatedCNNSpec, gate: torch.Tensor) -> torch.Tensor:
+    return F.gelu(gate, approximate=spec.gelu_approximate) if spec.act == 'gelu' else F.silu(gate)
+
+
+def _norm_and_conv_part(spec: GatedCNNSpec, x: torch.Tensor, dtype: torch.dtype, params: GatedCNNParams):
+    """LayerNorm, fc1's conv part and the depthwise conv, in ``dtype``: ``(y, fc1 weight and bias in dtype,
+    conv input, conv output)``, the conv tensors NHWC.
+
+    fc1 runs as two matmuls, this one and ``[gate, identity]`` (same numbers as one), so that the conv
+    input is a contiguous NHWC tensor, i.e. a channels_last one that the depthwise conv takes without a
+    layout copy.
+    """
+    split = spec.gate_identity_channels
+    y = F.layer_norm(x, x.shape[-1:], params.norm_weight.to(x.dtype), params.norm_bias.to(x.dtype),
+                     spec.eps).to(dtype)
+    fc1_w, fc1_b = params.fc1_weight.to(dtype), params.fc1_bias.to(dtype)
+    conv_in = F.linear(y, fc1_w[split:], fc1_b[split:])
+    conv_w = params.conv_weight
+    conv_out = F.conv2d(conv_in.permute(0, 3, 1, 2), conv_w.to(dtype), params.conv_bias.to(dtype),
+                        padding=conv_w.shape[-1] // 2, groups=spec.conv_channels).permute(0, 2, 3, 1)
+    return y, fc1_w, fc1_b, conv_in, conv_out
+
+
+def _gate(spec: GatedCNNSpec, gate_id: torch.Tensor, conv_out: torch.Tensor) -> torch.Tensor:
+    """act(gate) * cat(identity, conv_out), in place in act's output: no torch.cat copy. act runs on a
+    strided slice as in timm: CPU kernels round differently on contiguous data."""
+    hidden, n_id = spec.hidden, spec.identity_channels
+    gated = _act(spec, gate_id[..., :hidden])
+    gated[..., :n_id].mul_(gate_id[..., hidden:])
+    gated[..., n_id:].mul_(conv_out)
+    return gated
+
+
+def gated_forward(spec: GatedCNNSpec, x: torch.Tensor, dtype: torch.dtype,
+                  params: GatedCNNParams) -> Tuple[torch.Tensor, GatedCNNSaved]:
+    """The branch without autograd, in ``dtype`` (autocast's or x's): its output and what backward needs."""
+    y, fc1_w, fc1_b, conv_in, conv_out = _norm_and_conv_part(spec, x, dtype, params)
+    split = spec.gate_identity_channels
+    gate_id = F.linear(y, fc1_w[:split], fc1_b[:split])
+    gated = _gate(spec, gate_id, conv_out)
+    out = F.linear(gated, params.fc2_weight.to(dtype), params.fc2_bias.to(dtype))
+    return out, GatedCNNSaved(gate_id, conv_in, conv_out)
+
+
+def gated_inference(spec: GatedCNNSpec, x: torch.Tensor, dtype: torch.dtype, params: GatedCNNParams) -> torch.Tensor:
+    """:func:`gated_forward`'s output without what backward needs, on CPU in chunks of pixels: only the
+    depthwise conv needs whole feature maps; fc1's gate/identity part, the gating and fc2 run per chunk."""
+    if x.device.type != 'cpu':
+        return gated_forward(spec, x, dtype, params)[0]
+    y, fc1_w, fc1_b, _, conv_out = _norm_and_conv_part(spec, x, dtype, params)
+    y, conv_out = y.reshape(-1, y.shape[-1]), conv_out.reshape(-1, spec.conv_channels)
+    split = spec.gate_identity_channels
+    gate_id_w, gate_id_b = fc1_w[:split], fc1_b[:split]
+    fc2_wt, fc2_b = params.fc2_weight.to(dtype).t(), params.fc2_bias.to(dtype)
+    out = y.new_empty(y.shape[0], fc2_wt.shape[1])
+    bounds = [*range(0, y.shape[0], INFERENCE_CHUNK_PIXELS), y.shape[0]]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < INFERENCE_CHUNK_PIXELS // 2:
+        # A short last chunk joins the one before: matmuls of a few rows take other MKL kernels, which
+        # round differently from the whole-tensor matmul of the reference.
+        del bounds[-2]
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        gated = _gate(spec, F.linear(y[start:end], gate_id_w, gate_id_b), conv_out[start:end])
+        torch.addmm(fc2_b, gated, fc2_wt, out=out[start:end])
+    return out.view(*x.shape[:-1], -1)
+
+
+# Backward, in the reverse order of the forward: fc2, gating, depthwise conv, fc1 and LayerNorm.
+
+def gated_backward(spec: GatedCNNSpec, dtype: torch.dtype, grad: torch.Tensor, x: torch.Tensor,
+                   saved: GatedCNNSaved, params: GatedCNNParams, need_x: bool,
+                   needs: GatedCNNParams) -> Tuple[Optional[torch.Tensor], GatedCNNParams]:
+    """Gradients of :func:`gated_forward` for ``x`` and ``params``, None where ``need_x``/``needs`` say so,
+    each in the dtype of what it is the gradient of."""
+    grad = grad.to(dtype).reshape(-1, x.shape[-1])
+    act, buf, grad_gated, grad_fc2_w, grad_fc2_b = _fc2_backward(spec, dtype, grad, saved, params, needs)
+    grad_gate, grad_id, grad_conv_out = _gating_backward(spec, saved, act, buf, grad_gated)
+    del grad_gated, act
+    grad_conv_in, grad_conv_w, grad_conv_b = _depthwise_conv_backward(
+        grad_conv_out.permute(0, 3, 1, 2), saved.conv_in.permute(0, 3, 1, 2), params.conv_weight.to(dtype),
+        needs.conv_weight, needs.conv_bias)
+    del grad_conv_out
+    grad_x, grad_norm_w, grad_norm_b, grad_fc1_w, grad_fc1_b = _fc1_and_norm_backward(
+        spec, dtype, x, (grad_gate, grad_id, grad_conv_in.permute(0, 2, 3, 1)), params, need_x, needs)
+    grads = GatedCNNParams(grad_norm_w, grad_norm_b, grad_fc1_w, grad_fc1_b, grad_conv_w, grad_conv_b,
+                           grad_fc2_w, grad_fc2_b)
+    return grad_x, GatedCNNParams(*(None if g is None else g.to(p.dtype) for g, p in zip(grads, params)))
+
+
+def _fc2_backward(spec, dtype, grad, saved, params, needs):
+    """fc2, with its input recomputed (elementwise, cheap) instead of kept from forward: ``(act(gate), a
+    buffer of the gate's shape, d gated, d fc2 weight, d fc2 bias)``."""
+    n_id = spec.identity_channels
+    act = _act(spec, saved.gate_id[..., :spec.hidden])
+    buf = torch.empty_like(act)
+    torch.mul(act[..., :n_id], saved.gate_id[..., spec.hidden:], out=buf[..., :n_id])
+    torch.mul(act[..., n_id:], saved.conv_out, out=buf[..., n_id:])
+    grad_fc2_w = grad.t().mm(buf.view(-1, spec.hidden)) if needs.fc2_weight else None
+    grad_fc2_b = grad.sum(0) if needs.fc2_bias else None
+    grad_gated = grad.mm(params.fc2_weight.to(dtype)).view(act.shape)
+    return act, buf, grad_gated, grad_fc2_w, grad_fc2_b
+
+
+def _gating_backward(spec, saved, act, buf, grad_gated):
+    """``(d gate, d identity, d conv out)``; d gate = act'(gate) * d gated * cat(identity, conv_out),
+    computed in ``buf``."""
+    n_id = spec.identity_channels
+    gate, identity = saved.gate_id[..., :spec.hidden], saved.gate_id[..., spec.hidden:]
+    torch.mul(grad_gated[..., :n_id], identity, out=buf[..., :n_id])
+    torch.mul(grad_gated[..., n_id:], saved.conv_out, out=buf[..., n_id:])
+    if spec.act == 'gelu':
+        torch.ops.aten.gelu_backward.grad_input(buf, gate, approximate=spec.gelu_approximate, grad_input=buf)
+    else:
+        torch.ops.aten.silu_backward.grad_input(buf, gate, grad_input=buf)
+    grad_id = grad_gated[..., :n_id] * act[..., :n_id]
+    grad_conv_out = grad_gated[..., n_id:] * act[..., n_id:]
+    return buf, grad_id, grad_conv_out
+
+
+def _fc1_and_norm_backward(spec, dtype, x, grad_parts, params, need_x, needs):
+    """fc1, one matmul per part of its output (contiguous operands, no 2 * hidden-wide gradient buffer), then
+    LayerNorm, recomputed: ``(d x, d norm weight, d norm bias, d fc1 weight, d fc1 bias)``."""
+    dim = x.shape[-1]
+    parts = [t.reshape(x.shape[:-1].numel(), t.shape[-1]) for t in grad_parts]  # no -1: a part may be empty
+    norm_w, norm_b = params.norm_weight.to(x.dtype), params.norm_bias.to(x.dtype)
+    y, mean, rstd = torch.ops.aten.native_layer_norm(x, [dim], norm_w, norm_b, spec.eps)
+    y = y.to(dtype).view(-1, dim)
+    grad_fc1_w = grad_fc1_b = None
+    if needs.fc1_weight:
+        grad_fc1_w = y.new_empty(params.fc1_weight.shape)
+        for part, out in zip(parts, grad_fc1_w.split(spec.split_sizes)):
+            torch.mm(part.t(), y, out=out)
+    if needs.fc1_bias:
+        grad_fc1_b = torch.cat([part.sum(0) for part in parts])
+    fc1_ws = params.fc1_weight.to(dtype).split(spec.split_sizes)
+    grad_y = parts[0].mm(fc1_ws[0]).addmm_(parts[1], fc1_ws[1]).addmm_(parts[2], fc1_ws[2])
+    grad_x, grad_norm_w, grad_norm_b = torch.ops.aten.native_layer_norm_backward(
+        grad_y.view(x.shape).to(x.dtype), x, [dim], mean, rstd, norm_w, norm_b,
+        [need_x, needs.norm_weight, needs.norm_bias])
+    return grad_x, grad_norm_w, grad_norm_b, grad_fc1_w, grad_fc1_b
+
+
+# The depthwise conv's backward.
+
+def _depthwise_conv_backward(grad: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor, need_weight: bool,
+                             need_bias: bool):
+    """Input, weight and bias gradients of a stride-1, 'same'-padded depthwise conv. ``grad`` and ``inp``
+    are NCHW views of NHWC tensors (channels_last memory)."""
+    backward = _depthwise_conv_backward_as_convs if grad.device.type == 'cpu' else _depthwise_conv_backward_aten
+    grad_in, grad_weight = backward(grad, inp, weight, need_weight)
+    return grad_in, grad_weight, grad.sum((0, 2, 3)) if need_bias else None
+
+
+def _depthwise_conv_backward_as_convs(grad, inp, weight, need_weight):
+    """On CPU oneDNN's depthwise weight gradient takes several times its forward conv, so as forward convs
+    (timings in docs/benchmarks.md): the input gradient is a conv with the flipped kernel, the weight
+    gradient each sample's input convolved with its output gradient as the kernel."""
+    pad, groups = weight.shape[-1] // 2, weight.shape[0]
+    grad_in = F.conv2d(grad, weight.flip(2, 3), padding=pad, groups=groups)
+    grad_weight = None
+    if need_weight:
+        for n in range(grad.shape[0]):
+            part = F.conv2d(inp[n:n + 1], grad[n].unsqueeze(1).contiguous(), padding=pad, groups=groups)
+            grad_weight = part if grad_weight is None else grad_weight.add_(part)
+        grad_weight = grad_weight.view_as(weight)
+    return grad_in, grad_weight
+
+
+def _depthwise_conv_backward_aten(grad, inp, weight, need_weight):
+    """The backend's own conv backward (cuDNN on CUDA)."""
+    pad, groups = weight.shape[-1] // 2, weight.shape[0]
+    grad_in, grad_weight, _ = torch.ops.aten.convolution_backward(
+        grad, inp, weight, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], groups, [True, need_weight, False])
+    return grad_in, grad_weight
