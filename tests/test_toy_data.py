@@ -1,6 +1,8 @@
 """Tests of tools/make_toy_data.py (the embedded synthetic toy dataset)."""
+import contextlib
 import filecmp
 import importlib.util
+import io
 import json
 import os
 import subprocess
@@ -10,10 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from mmengine.config import Config
 from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / 'tools' / 'make_toy_data.py'
+TOY_DET = ROOT / 'configs' / 'toy' / 'mask_rcnn_mambaout_toy.py'
+TOY_SEG = ROOT / 'configs' / 'toy' / 'upernet_mambaout_toy.py'
 
 _spec = importlib.util.spec_from_file_location('make_toy_data', SCRIPT)
 toy = importlib.util.module_from_spec(_spec)
@@ -22,6 +30,7 @@ _spec.loader.exec_module(toy)
 
 CLASSES = ('square', 'circle', 'triangle')
 SMALL = dict(num_train=24, num_val=8, size=128)
+TINY = dict(num_train=8, num_val=4, size=96)
 
 
 @pytest.fixture(scope='module')
@@ -31,9 +40,19 @@ def dataset(tmp_path_factory):
     return paths
 
 
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    return toy.make_toy_data(str(tmp_path_factory.mktemp('tiny')), seed=0, **TINY)
+
+
 def _load(path):
     with open(path) as f:
         return json.load(f)
+
+
+def _coco(path):
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its loading times
+        return COCO(path)
 
 
 def _boxes_overlap(a, b):
@@ -46,17 +65,43 @@ def _label_files(paths, split):
     return sorted(Path(paths[f'ade_{split}_ann']).glob('*.png'))
 
 
-def test_constants():
-    assert toy.DET_CLASSES == CLASSES
-    assert toy.SEG_CLASSES == CLASSES
-    assert toy.DEFAULT_OUT == 'data/toy'
-    assert len(toy.SEG_PALETTE) == len(toy.SEG_CLASSES)
-    for rgb in toy.SEG_PALETTE:
+def test_one_class_list_and_palette(dataset):
+    shared = Config.fromfile(toy.METAINFO_FILE).toy_metainfo
+    assert toy.METAINFO_FILE == str(ROOT / 'configs' / 'toy' / '_base_' / 'toy_metainfo.py')
+    assert toy.CLASSES == tuple(shared.classes) == CLASSES
+    assert toy.PALETTE == [tuple(c) for c in shared.palette]
+    assert len(toy.PALETTE) == len(toy.CLASSES)
+    assert len(set(toy.PALETTE)) == len(toy.PALETTE)
+    for rgb in toy.PALETTE:
         assert len(rgb) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in rgb)
-    assert len({tuple(c) for c in toy.SEG_PALETTE}) == len(toy.SEG_PALETTE)
+    written = tuple(c['name'] for c in sorted(_load(dataset['coco_train_ann'])['categories'],
+                                              key=lambda c: c['id']))
+    assert written == toy.CLASSES
+    assert tuple(_load(dataset['meta'])['classes']) == toy.CLASSES
+    expected = dict(classes=toy.CLASSES, palette=toy.PALETTE)
+    det, seg = Config.fromfile(str(TOY_DET)), Config.fromfile(str(TOY_SEG))
+    for cfg in (det, seg):
+        for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+            metainfo = cfg[loader].dataset.metainfo
+            assert dict(classes=tuple(metainfo.classes),
+                        palette=[tuple(c) for c in metainfo.palette]) == expected, loader
+    n = len(toy.CLASSES)
+    assert det.model.roi_head.bbox_head.num_classes == det.model.roi_head.mask_head.num_classes == n
+    assert seg.model.decode_head.num_classes == seg.model.auxiliary_head.num_classes == n
+    # the label maps hold 0 (background) and 1..n: 0 is ignored, 1..n become the classes 0..n-1
+    assert seg.train_dataloader.dataset.reduce_zero_label is True
+    assert seg.val_dataloader.dataset.reduce_zero_label is True
+
+
+def test_unknown_class_in_the_shared_file_is_refused(tmp_path):
+    bad = tmp_path / 'toy_metainfo.py'
+    bad.write_text("toy_metainfo = dict(classes=('square', 'hexagon'), palette=[(1, 2, 3), (4, 5, 6)])\n")
+    with pytest.raises(ValueError, match=r"among \['circle', 'square', 'triangle'\], got \('square', 'hexagon'\)"):
+        toy._load_metainfo(str(bad))
 
 
 def test_layout(dataset):
+    assert toy.DEFAULT_OUT == 'data/toy'  # where the toy configs look
     for key in ('coco_train_ann', 'coco_val_ann', 'meta'):
         assert os.path.isfile(dataset[key]), key
     for split, n in (('train', SMALL['num_train']), ('val', SMALL['num_val'])):
@@ -118,11 +163,9 @@ def test_coco_json(dataset):
             assert a['iscrowd'] == 0
             assert a['category_id'] in (1, 2, 3)
             segm = a['segmentation']
-            assert isinstance(segm, list) and segm
-            for poly in segm:
-                assert len(poly) >= 6 and len(poly) % 2 == 0
-                xs, ys = poly[0::2], poly[1::2]
-                assert min(xs) >= x and max(xs) <= x + w and min(ys) >= y and max(ys) <= y + h
+            assert set(segm) == {'size', 'counts'}
+            assert segm['size'] == [im['height'], im['width']]
+            assert isinstance(segm['counts'], str) and segm['counts']
             per_image.setdefault(a['image_id'], []).append(a)
         assert set(per_image) == set(images), 'every image has at least one object'
         if split == 'train':
@@ -135,25 +178,26 @@ def test_coco_json(dataset):
             assert {a['category_id'] for a in anns} == {1, 2, 3}
 
 
-def test_coco_masks_pycocotools(dataset):
-    pytest.importorskip('pycocotools')
-    from pycocotools.coco import COCO
-    for split in ('train', 'val'):
-        coco = COCO(dataset[f'coco_{split}_ann'])
-        assert sorted(coco.getCatIds()) == [1, 2, 3]
-        assert [c['name'] for c in coco.loadCats([1, 2, 3])] == list(CLASSES)
-        for img_id in coco.getImgIds():
+def test_rle_round_trip(dataset):
+    """Decoded RLE = the visible masks of the scene the JPEG shows; area and bbox agree."""
+    for split_idx, split in enumerate(('train', 'val')):
+        coco = _coco(dataset[f'coco_{split}_ann'])
+        for i, img_id in enumerate(sorted(coco.getImgIds())):
             info = coco.loadImgs(img_id)[0]
+            img, objects = toy.render_scene(toy._rng(0, toy._STREAM_COCO, split_idx, i), SMALL['size'])
+            with Image.open(Path(dataset[f'coco_{split}_img']) / info['file_name']) as jpg:
+                # JPEG error is ~3 grey levels on average; another scene's image differs by >= 24
+                assert np.abs(np.asarray(jpg, dtype=np.int16) - img).mean() < 5.0, info['file_name']
+            anns = coco.loadAnns(coco.getAnnIds(imgIds=img_id))
+            assert [a['category_id'] - 1 for a in anns] == [o['label'] for o in objects]
             union = np.zeros((info['height'], info['width']), dtype=np.int32)
-            for ann in coco.loadAnns(coco.getAnnIds(imgIds=img_id)):
+            for ann, obj in zip(anns, objects):
                 m = coco.annToMask(ann)
-                assert m.shape == (info['height'], info['width'])
-                assert m.sum() > 0
-                assert abs(int(m.sum()) - ann['area']) <= 0.02 * ann['area'] + 2
+                assert np.array_equal(m.astype(bool), obj['mask']), (info['file_name'], ann['id'])
+                assert ann['area'] == m.sum() > 0
                 ys, xs = np.nonzero(m)
-                x, y, w, h = ann['bbox']
-                assert xs.min() >= x - 1 and ys.min() >= y - 1
-                assert xs.max() + 1 <= x + w + 1 and ys.max() + 1 <= y + h + 1
+                assert ann['bbox'] == [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()]
+                assert mask_utils.area(ann['segmentation']) == ann['area']  # str counts decode as is
                 union += m
             # visible (post-occlusion) masks of one image never overlap
             assert union.max() == 1
@@ -221,6 +265,28 @@ def test_param_change_regenerates_without_stale_files(tmp_path):
         assert im.size == (112, 112)
 
 
+def test_older_version_or_other_classes_regenerate(tmp_path, monkeypatch):
+    kw = dict(seed=0, num_train=3, num_val=2, size=96)
+    paths = toy.make_toy_data(str(tmp_path), **kw)
+    meta = _load(paths['meta'])
+    assert meta['version'] == toy.GENERATOR_VERSION >= 3
+    # a set written by version 2 (polygon segmentations) is not up to date
+    old = dict(meta, version=2, det_classes=meta['classes'], seg_classes=meta.pop('classes'))
+    with open(paths['meta'], 'w') as f:
+        json.dump(old, f)
+    _set_old_mtime([paths['coco_val_ann']])
+    toy.make_toy_data(str(tmp_path), **kw)
+    assert os.stat(paths['coco_val_ann']).st_mtime != 1_000_000_000
+    assert _load(paths['meta'])['version'] == toy.GENERATOR_VERSION
+    # an edited class list (configs/toy/_base_/toy_metainfo.py) regenerates the set in its order
+    _set_old_mtime([paths['coco_val_ann']])
+    monkeypatch.setattr(toy, 'CLASSES', ('triangle', 'square', 'circle'))
+    toy.make_toy_data(str(tmp_path), **kw)
+    assert os.stat(paths['coco_val_ann']).st_mtime != 1_000_000_000
+    cats = _load(paths['coco_val_ann'])['categories']
+    assert [(c['id'], c['name']) for c in cats] == [(1, 'triangle'), (2, 'square'), (3, 'circle')]
+
+
 def test_cli(tmp_path):
     out = tmp_path / 'cli'
     cmd = [sys.executable, str(SCRIPT), '--out', str(out), '--seed', '2', '--num-train', '3',
@@ -235,3 +301,65 @@ def test_cli(tmp_path):
     bad = subprocess.run([sys.executable, str(SCRIPT), '--out', str(out), '--size', '8'],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0
+
+
+# ---- mmdet's own loading and evaluation of the generated set (no training) ----------------------
+@pytest.fixture(scope='module')
+def mmdet_val(tiny):
+    """The toy detection config's val dataset (its pipeline) on the tiny set: (cfg, dataset, samples)."""
+    import mmdet_plugin  # noqa: F401  (what the config's custom_imports loads)
+    from mmdet.registry import DATASETS
+    from mmengine.registry import DefaultScope
+    cfg = Config.fromfile(str(TOY_DET))
+    cfg.val_dataloader.dataset.data_root = tiny['coco_root']
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        dataset = DATASETS.build(cfg.val_dataloader.dataset)
+        samples = [dataset[i] for i in range(len(dataset))]
+    return cfg, dataset, samples
+
+
+def test_mmdet_loads_the_rle_masks(tiny, mmdet_val):
+    _cfg, dataset, samples = mmdet_val
+    assert type(dataset).__name__ == 'CocoDataset' and dataset.metainfo['classes'] == toy.CLASSES
+    coco = _coco(tiny['coco_val_ann'])
+    assert len(samples) == TINY['num_val']
+    for sample in samples:
+        data_sample = sample['data_samples']
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=data_sample.img_id))
+        gt = data_sample.gt_instances
+        assert len(data_sample.ignored_instances) == 0, 'iscrowd=0 RLE must not be ignored'
+        assert len(gt) == len(anns) > 0
+        assert gt.masks.masks.shape == (len(anns), TINY['size'], TINY['size'])
+        for k, ann in enumerate(anns):
+            assert np.array_equal(gt.masks.masks[k], coco.annToMask(ann)), ann['id']
+            x, y, w, h = ann['bbox']
+            assert gt.bboxes.tensor[k].tolist() == [x, y, x + w, y + h]
+            assert int(gt.labels[k]) == ann['category_id'] - 1
+
+
+def _coco_metric(cfg, tiny, dataset, samples, shift=0):
+    """COCO bbox/segm mAP of the loaded ground truth (masks rolled by ``shift`` px) as predictions."""
+    from mmdet.registry import METRICS
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        metric = METRICS.build(dict(cfg.val_evaluator, ann_file=tiny['coco_val_ann']))
+    metric.dataset_meta = dataset.metainfo
+    for sample in samples:
+        data_sample = sample['data_samples']
+        gt = data_sample.gt_instances
+        masks = np.roll(gt.masks.masks, shift, axis=2)
+        pred = dict(bboxes=gt.bboxes.tensor, labels=gt.labels, scores=torch.ones(len(gt)),
+                    masks=torch.from_numpy(masks.astype(bool)))
+        metric.process({}, [dict(img_id=data_sample.img_id, ori_shape=data_sample.ori_shape,
+                                 pred_instances=pred)])
+    return metric.evaluate(len(samples))
+
+
+def test_coco_metric_on_ground_truth_as_prediction(tiny, mmdet_val):
+    cfg, dataset, samples = mmdet_val
+    assert list(cfg.val_evaluator.metric) == ['bbox', 'segm']
+    exact = _coco_metric(cfg, tiny, dataset, samples)
+    assert exact['coco/bbox_mAP'] == 1.0 and exact['coco/segm_mAP'] == 1.0
+    # the segm score does compare the masks: predicted masks 3 px off lose it, the boxes keep theirs
+    shifted = _coco_metric(cfg, tiny, dataset, samples, shift=3)
+    assert shifted['coco/bbox_mAP'] == 1.0 and shifted['coco/segm_mAP'] < 0.9

@@ -19,34 +19,39 @@ It draws small synthetic scenes -- 1 to 4 coloured shapes (``square``, ``circle`
       OUT/ade/annotations/validation/toy_val_00000.png
 
   Label 0 is background ("other", ignored with ``reduce_zero_label=True`` exactly as for
-  ADE20K) and labels 1..3 are ``SEG_CLASSES`` in order, i.e. 0..2 after reduction.
+  ADE20K) and labels 1..N are ``CLASSES`` in order, i.e. 0..N-1 after reduction.
 
 * ``OUT/meta.json`` -- the generation parameters, written last.  A later call with the same
   parameters finds it (and every expected file) and returns at once without writing anything;
   different parameters, a missing file or ``force=True`` regenerate the set (our own
   ``toy_*`` files are deleted first, so no stale images from a previous run remain).
 
+Classes.  ``CLASSES`` and ``PALETTE`` are read from ``toy_metainfo`` in
+``configs/toy/_base_/toy_metainfo.py``, the file both toy configs inherit as their ``metainfo``,
+so the class list and palette are defined once.  Each class name must be a shape drawn here.
+
 Scenes.  Objects are placed one after another and later objects occlude earlier ones.  Every
 object keeps its *visible* mask (its own pixels minus those of all later objects).  A
 placement is rejected and re-drawn if it would leave an earlier object with less than 40 % of
-its area (or fewer than ``MIN_AREA`` = 40 px) visible, split off a visible fragment smaller
-than ``MIN_PART`` px, or punch a hole into it -- so every annotated object is clearly
-recognisable, yet many images contain overlapping objects.  A class's colour is mostly its own
-(nine times in ten near a class-specific hue, otherwise any hue), so colour is a strong cue but
-the network must also learn the shape; the objects are saturated and bright on a duller background so that a few minutes of
-CPU training at 128 px are enough to learn them.
+its area (or fewer than ``MIN_AREA`` = 40 px) visible, split off a visible (8-connected) part
+smaller than ``MIN_PART`` px -- a sliver that would stretch the box far beyond the object --
+or punch a hole into it -- so every annotated object is clearly recognisable, yet many images
+contain overlapping objects.  RLE can express holes, so the hole rule is no longer needed for
+the annotations; it is kept because it costs one line and keeps the images and label maps
+byte-identical to version 2's, on which the toy trainings so far were measured (without it, the
+placements it rejects -- 4 of the ~1000 checks of the default set -- and every later draw of
+those scenes would change).  A class's colour is mostly its own (nine times in ten near a
+class-specific hue, otherwise any hue), so colour is a strong cue but the network must also
+learn the shape; the objects are saturated and bright on a duller background so that a few
+minutes of CPU training at 128 px are enough to learn them.
 
-Annotations (choice made for correctness with occlusion).  The ``segmentation`` of an
-instance is a list of POLYGONS (``iscrowd`` = 0) traced exactly along the pixel boundary of
-its visible mask: one closed rectilinear outline per connected part, with vertices on pixel
-corners in COCO's continuous coordinates (pixel ``(x, y)`` covers ``[x, x+1] x [y, y+1]``),
-8-connected parts kept as one outline.  Decoding it with pycocotools (``annToMask``) or with
-mmdet's ``LoadAnnotations(poly2mask=True)`` gives back exactly the visible mask (the shape
-geometry is not used for the annotation, since clipping it by occluders would need polygon
-booleans and could produce holes that COCO polygons cannot express -- holes are rejected at
-placement instead).  ``area`` is the pixel count of the visible mask (= the polygons' area),
-``bbox`` = ``[x, y, w, h]`` its tight box in the same coordinates.  Coordinates are written
-as floats.  Image and annotation ids start at 1; category ids are 1..3.
+Annotations.  The ``segmentation`` of an instance is the COCO RLE of its visible mask
+(``pycocotools.mask.encode``, ``counts`` as a string; ``iscrowd`` = 0), so pycocotools
+(``annToMask``, COCOeval) and mmdet's ``LoadAnnotations`` decode exactly the visible mask,
+separate parts included.  ``area`` (``mask.area``, the pixel count) and ``bbox``
+(``mask.toBbox``, ``[x, y, w, h]`` of the tight box, pixel ``(x, y)`` covering
+``[x, x+1] x [y, y+1]``) come from the same RLE and are floats.  Image and annotation ids start
+at 1; category ids are 1..N.
 
 Usage::
 
@@ -55,8 +60,8 @@ Usage::
 
 or ``from make_toy_data import make_toy_data; paths = make_toy_data('data/toy')``.
 
-Only numpy, Pillow and the standard library are used.  Output is a pure function of the
-parameters (and of the numpy/Pillow/libjpeg versions for the exact JPEG bytes).
+Output is a pure function of the parameters and ``CLASSES`` (and of the numpy/Pillow/libjpeg
+versions for the exact JPEG bytes).
 """
 from __future__ import annotations
 
@@ -70,17 +75,33 @@ import time
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
+from mmengine.config import Config
 from PIL import Image
+from pycocotools import mask as mask_utils
+from scipy import ndimage
 
-__all__ = [
-    'DET_CLASSES', 'SEG_CLASSES', 'SEG_PALETTE', 'DEFAULT_OUT', 'make_toy_data',
-    'render_scene', 'main'
-]
+__all__ = ['CLASSES', 'PALETTE', 'METAINFO_FILE', 'DEFAULT_OUT', 'make_toy_data', 'render_scene',
+           'main']
 
-DET_CLASSES = ('square', 'circle', 'triangle')
-SEG_CLASSES = ('square', 'circle', 'triangle')
-# RGB colour of each SEG_CLASSES entry (labels 1..3 in the PNGs, 0..2 after reduce_zero_label).
-SEG_PALETTE = [[220, 50, 50], [50, 180, 70], [60, 100, 230]]
+# The shapes this generator can draw, and the hue each is mostly painted in (red-, green-, blue-ish).
+CLASS_HUES = {'square': 0.0, 'circle': 0.33, 'triangle': 0.62}
+METAINFO_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             'configs', 'toy', '_base_', 'toy_metainfo.py')
+
+
+def _load_metainfo(path: str = METAINFO_FILE) -> Tuple[Tuple[str, ...], List[tuple]]:
+    """``(classes, palette)`` from ``toy_metainfo`` of the config both toy configs inherit."""
+    metainfo = Config.fromfile(path).toy_metainfo
+    classes = tuple(metainfo['classes'])
+    unknown = [c for c in classes if c not in CLASS_HUES]
+    if unknown or len(set(classes)) != len(classes):
+        raise ValueError(f'{path}: toy_metainfo.classes must be distinct names among '
+                         f'{sorted(CLASS_HUES)}, got {classes}')
+    return classes, [tuple(c) for c in metainfo['palette']]
+
+
+# COCO category ids 1..N and ADE-layout labels 1..N (0 = background), in this order.
+CLASSES, PALETTE = _load_metainfo()
 DEFAULT_OUT = 'data/toy'
 
 DEFAULT_SEED = 0
@@ -90,7 +111,7 @@ DEFAULT_SIZE = 128
 MIN_SIZE = 48
 
 # Bumped whenever the generated data changes for the same parameters (forces regeneration).
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3  # 3: RLE segmentations, classes from METAINFO_FILE (scenes as in 2)
 JPEG_QUALITY = 95
 
 MIN_AREA = 40                # minimum visible area (px) of an annotated object
@@ -99,7 +120,6 @@ MIN_VISIBLE_FRACTION = 0.4   # earlier objects keep at least this fraction of th
 MAX_OBJECTS = 4
 MAX_TRIES = 30               # placement attempts per object before it is skipped
 SIZE_RANGE = (0.15, 0.45)    # nominal object extent as a fraction of the image side
-CLASS_HUES = (0.0, 0.33, 0.62)   # hue bias of each class (red-ish, green-ish, blue-ish)
 HUE_BIAS_PROB = 0.9  # 0.5 left the toy models far weaker after minutes of CPU training
 HUE_BIAS_JITTER = 0.1
 MIN_CONTRAST = 70.0          # min RGB distance of an object's colour to background/overlapped
@@ -114,75 +134,15 @@ _STREAM_COCO, _STREAM_ADE = 0, 1
 # --------------------------------------------------------------------------------------------
 # geometry
 # --------------------------------------------------------------------------------------------
-_TURN_LEFT = {(1, 0): (0, -1), (0, -1): (-1, 0), (-1, 0): (0, 1), (0, 1): (1, 0)}
+_EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
 
 
-def trace_outlines(mask: np.ndarray) -> List[Tuple[List[Tuple[int, int]], int]]:
-    """Exact pixel-boundary outlines of a binary mask.
-
-    Returns ``[(vertices, signed_area), ...]`` with one entry per closed boundary loop;
-    ``vertices`` are ``(x, y)`` pixel corners (collinear points removed).  Outer boundaries
-    have a positive area equal to their pixel count, holes a negative one.  Pixels touching
-    only diagonally belong to the same outline (8-connectivity).
-    """
-    mask = np.asarray(mask, dtype=bool)
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
-        return []
-    y0, x0 = int(ys.min()), int(xs.min())
-    y1, x1 = int(ys.max()) + 1, int(xs.max()) + 1
-    p = np.zeros((y1 - y0 + 2, x1 - x0 + 2), dtype=bool)
-    p[1:-1, 1:-1] = mask[y0:y1, x0:x1]
-    m = p[1:-1, 1:-1]
-    # Boundary edges, oriented so that the inside is on the right (clockwise on screen).
-    # (pixel offset of start corner, pixel offset of end corner, direction)
-    kinds = (
-        (m & ~p[:-2, 1:-1], (0, 0), (1, 0), (1, 0)),    # top edge, heading +x
-        (m & ~p[1:-1, 2:], (1, 0), (1, 1), (0, 1)),     # right edge, heading +y
-        (m & ~p[2:, 1:-1], (1, 1), (0, 1), (-1, 0)),    # bottom edge, heading -x
-        (m & ~p[1:-1, :-2], (0, 1), (0, 0), (0, -1)),   # left edge, heading -y
-    )
-    starts: List[Tuple[int, int]] = []
-    ends: List[Tuple[int, int]] = []
-    dirs: List[Tuple[int, int]] = []
-    for sel, (sx, sy), (ex, ey), d in kinds:
-        r, c = np.nonzero(sel)
-        gx, gy = (c + x0).tolist(), (r + y0).tolist()
-        starts.extend(zip([x + sx for x in gx], [y + sy for y in gy]))
-        ends.extend(zip([x + ex for x in gx], [y + ey for y in gy]))
-        dirs.extend([d] * len(gx))
-    out: Dict[Tuple[int, int], List[int]] = {}
-    for i, s in enumerate(starts):
-        out.setdefault(s, []).append(i)
-    used = [False] * len(starts)
-    loops = []
-    for first in range(len(starts)):
-        if used[first]:
-            continue
-        seq = []
-        e = first
-        while not used[e]:
-            used[e] = True
-            seq.append(e)
-            cands = out[ends[e]]
-            if len(cands) == 1:
-                e = cands[0]
-            else:  # two pixels touching diagonally: turn left to keep them in one outline
-                want = _TURN_LEFT[dirs[e]]
-                e = cands[0] if dirs[cands[0]] == want else cands[1]
-        verts = [starts[k] for i, k in enumerate(seq) if dirs[k] != dirs[seq[i - 1]]]
-        area2 = 0
-        for i in range(len(verts)):
-            xa, ya = verts[i - 1]
-            xb, yb = verts[i]
-            area2 += xa * yb - xb * ya
-        loops.append((verts, area2 // 2))
-    return loops
-
-
-def _valid_outlines(loops) -> bool:
-    """Every part is large enough and there is no hole (holes have negative area)."""
-    return bool(loops) and all(a >= MIN_PART for _, a in loops)
+def _recognisable(mask: np.ndarray) -> bool:
+    """Every 8-connected part has at least ``MIN_PART`` pixels and the mask has no hole."""
+    parts, n = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
+    if n == 0 or np.bincount(parts.ravel())[1:].min() < MIN_PART:
+        return False
+    return not (ndimage.binary_fill_holes(mask) & ~mask).any()
 
 
 def _prune(mask: np.ndarray) -> np.ndarray:
@@ -201,7 +161,7 @@ def _shape_mask(rng: np.random.Generator, cls: int, size: int, xx: np.ndarray,
     """Rasterise (at pixel centres) a random shape of class ``cls`` fully inside the image."""
     d = rng.uniform(*SIZE_RANGE) * size          # nominal extent (px)
     theta = rng.uniform(0.0, 2.0 * np.pi)
-    name = DET_CLASSES[cls]
+    name = CLASSES[cls]
     if name == 'square':
         half = 0.42 * d
         bound = half * np.sqrt(2.0)
@@ -256,7 +216,7 @@ def _pick_colour(rng: np.random.Generator, cls: int, avoid: Sequence[np.ndarray]
     colour = None
     for _ in range(20):
         if rng.random() < HUE_BIAS_PROB:
-            h = CLASS_HUES[cls] + rng.uniform(-HUE_BIAS_JITTER, HUE_BIAS_JITTER)
+            h = CLASS_HUES[CLASSES[cls]] + rng.uniform(-HUE_BIAS_JITTER, HUE_BIAS_JITTER)
         else:
             h = rng.random()
         colour = _hsv(h, rng.uniform(0.55, 1.0), rng.uniform(0.65, 1.0))
@@ -270,7 +230,7 @@ def render_scene(rng: np.random.Generator, size: int, max_objects: int = MAX_OBJ
 
     Returns ``(image, objects)``: ``image`` is an ``(size, size, 3)`` uint8 RGB array and
     ``objects`` a list (in drawing order) of dicts with ``label`` (0-based class index),
-    ``mask`` (visible bool mask), ``outlines`` (``trace_outlines`` of the mask) and ``area``.
+    ``mask`` (visible bool mask).
     The visible masks are pairwise disjoint.
     """
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
@@ -281,33 +241,29 @@ def render_scene(rng: np.random.Generator, size: int, max_objects: int = MAX_OBJ
     for _ in range(n_objects):
         placed = None
         for _attempt in range(MAX_TRIES):
-            cls = int(rng.integers(len(DET_CLASSES)))
+            cls = int(rng.integers(len(CLASSES)))
             full = _shape_mask(rng, cls, size, xx, yy)
-            own = trace_outlines(full)
-            if not _valid_outlines(own) or int(full.sum()) < MIN_AREA:
+            if int(full.sum()) < MIN_AREA or not _recognisable(full):
                 continue
             updates = []
             for obj in objects:
                 if not (obj['mask'] & full).any():
                     continue
                 vis = obj['mask'] & ~full
-                area = int(vis.sum())
-                if area < max(MIN_AREA, MIN_VISIBLE_FRACTION * obj['full_area']):
+                if (int(vis.sum()) < max(MIN_AREA, MIN_VISIBLE_FRACTION * obj['full_area'])
+                        or not _recognisable(vis)):
                     break
-                loops = trace_outlines(vis)
-                if not _valid_outlines(loops):
-                    break
-                updates.append((obj, vis, loops, area))
+                updates.append((obj, vis))
             else:
-                placed = (cls, full, own, updates)
+                placed = (cls, full, updates)
                 break
         if placed is None:
             continue
-        cls, full, own, updates = placed
-        avoid = [bg_mean] + [obj['colour'] for obj, *_ in updates]
+        cls, full, updates = placed
+        avoid = [bg_mean] + [obj['colour'] for obj, _ in updates]
         colour = _pick_colour(rng, cls, avoid)
-        for obj, vis, loops, area in updates:
-            obj.update(mask=vis, outlines=loops, area=area)
+        for obj, vis in updates:
+            obj['mask'] = vis
         # paint with a mild linear shading across the object
         ang = rng.uniform(0, 2 * np.pi)
         ys, xs = np.nonzero(full)
@@ -315,8 +271,7 @@ def render_scene(rng: np.random.Generator, size: int, max_objects: int = MAX_OBJ
         t = t / max(float(np.abs(t).max()), 1.0)
         shade = 1.0 + rng.uniform(0.05, 0.2) * t
         img[ys, xs] = colour[None, :] * shade[:, None]
-        objects.append(dict(label=cls, mask=full, outlines=own, area=int(full.sum()),
-                            full_area=int(full.sum()), colour=colour))
+        objects.append(dict(label=cls, mask=full, full_area=int(full.sum()), colour=colour))
     img = img + rng.normal(0.0, 3.0, size=img.shape)
     img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     for obj in objects:
@@ -349,21 +304,11 @@ def _names(split: str, n: int) -> List[str]:
 
 
 def _coco_annotation(obj: dict, ann_id: int, image_id: int) -> dict:
-    polys, xs, ys = [], [], []
-    for verts, _area in obj['outlines']:
-        flat = []
-        for x, y in verts:
-            flat.extend((float(x), float(y)))
-            xs.append(x)
-            ys.append(y)
-        polys.append(flat)
-    x0, y0 = min(xs), min(ys)
-    area = sum(a for _, a in obj['outlines'])
-    assert area == obj['area'], 'outline area must equal the visible pixel count'
-    return dict(id=ann_id, image_id=image_id, category_id=obj['label'] + 1,
-                segmentation=polys, area=float(area),
-                bbox=[float(x0), float(y0), float(max(xs) - x0), float(max(ys) - y0)],
-                iscrowd=0)
+    rle = mask_utils.encode(np.asfortranarray(obj['mask'], dtype=np.uint8))
+    area, bbox = int(mask_utils.area(rle)), mask_utils.toBbox(rle).tolist()
+    rle['counts'] = rle['counts'].decode('ascii')  # bytes are not JSON
+    return dict(id=ann_id, image_id=image_id, category_id=obj['label'] + 1, segmentation=rle,
+                area=float(area), bbox=bbox, iscrowd=0)
 
 
 def _write_coco_split(out_dir: str, seed: int, split_idx: int, split: str, n: int,
@@ -385,7 +330,7 @@ def _write_coco_split(out_dir: str, seed: int, split_idx: int, split: str, n: in
         images=images,
         annotations=annotations,
         categories=[dict(id=k + 1, name=name, supercategory='shape')
-                    for k, name in enumerate(DET_CLASSES)],
+                    for k, name in enumerate(CLASSES)],
     )
     _write_json(coco, os.path.join(out_dir, COCO_DIR, 'annotations', f'instances_{split}.json'))
 
@@ -447,7 +392,7 @@ def _own_files(paths: Dict[str, str]) -> List[str]:
 def _meta(seed: int, num_train: int, num_val: int, size: int) -> dict:
     return dict(generator='tools/make_toy_data.py', version=GENERATOR_VERSION, seed=seed,
                 num_train=num_train, num_val=num_val, size=size,
-                det_classes=list(DET_CLASSES), seg_classes=list(SEG_CLASSES))
+                classes=list(CLASSES))
 
 
 def _is_complete(paths: Dict[str, str], meta: dict, num_train: int, num_val: int) -> bool:

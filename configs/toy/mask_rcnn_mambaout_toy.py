@@ -3,11 +3,11 @@
 # shrink does: image scale (128 px), schedule, the backbone size (femto, from scratch: nothing is
 # downloaded) and the head widths and RoI counts (Mask R-CNN's heads dominate a CPU step), fp32
 # instead of FP16 (no AMP on CPU), the lr for the small batch and short schedule, and data-loader workers.
-_base_ = ['../mask_rcnn_mambaout_t_1x.py']
+_base_ = ['../mask_rcnn_mambaout_t_1x.py', './_base_/toy_metainfo.py']
 
 data_root = 'data/toy/coco/'
-metainfo = dict(classes=('square', 'circle', 'triangle'),
-                palette=[(220, 50, 50), (50, 180, 70), (60, 100, 230)])
+metainfo = _base_.toy_metainfo
+num_classes = len(metainfo.classes)
 image_scale = (128, 128)
 
 width = 64  # FPN and head channels (256 in the paper's model)
@@ -17,9 +17,9 @@ model = dict(
     rpn_head=dict(in_channels=width, feat_channels=width),
     roi_head=dict(
         bbox_roi_extractor=dict(out_channels=width),
-        bbox_head=dict(in_channels=width, fc_out_channels=256, num_classes=3),
+        bbox_head=dict(in_channels=width, fc_out_channels=256, num_classes=num_classes),
         mask_roi_extractor=dict(out_channels=width),
-        mask_head=dict(in_channels=width, conv_out_channels=width, num_classes=3)),
+        mask_head=dict(in_channels=width, conv_out_channels=width, num_classes=num_classes)),
     train_cfg=dict(rpn_proposal=dict(nms_pre=500, max_per_img=300), rcnn=dict(sampler=dict(num=64))),
     test_cfg=dict(rpn=dict(nms_pre=300, max_per_img=100), rcnn=dict(max_per_img=20)))
 

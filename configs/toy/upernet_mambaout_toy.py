@@ -4,11 +4,11 @@
 # nothing is downloaded) and head widths, fp32 instead of FP16 (no AMP on CPU), plain BN instead of
 # SyncBN (CPU), the lr for the short schedule, and data-loader workers. The multi-scale + flip TTA of
 # the base config is kept, at the toy image scale (`tools/test.py --tta`).
-_base_ = ['../upernet_mambaout_t_160k_ade20k_512.py']
+_base_ = ['../upernet_mambaout_t_160k_ade20k_512.py', './_base_/toy_metainfo.py']
 
 data_root = 'data/toy/ade'
-metainfo = dict(classes=('square', 'circle', 'triangle'),
-                palette=[[220, 50, 50], [50, 180, 70], [60, 100, 230]])
+metainfo = _base_.toy_metainfo  # label 0 of the PNGs (background) is ignored via reduce_zero_label
+num_classes = len(metainfo.classes)
 crop_size = (128, 128)
 image_scale = (512, 128)
 norm_cfg = dict(type='BN', requires_grad=True)
@@ -16,8 +16,8 @@ norm_cfg = dict(type='BN', requires_grad=True)
 model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(arch='femto', drop_path_rate=0.1, init_cfg=None),
-    decode_head=dict(in_channels=[48, 96, 192, 288], channels=128, num_classes=3, norm_cfg=norm_cfg),
-    auxiliary_head=dict(in_channels=192, channels=64, num_classes=3, norm_cfg=norm_cfg))
+    decode_head=dict(in_channels=[48, 96, 192, 288], channels=128, num_classes=num_classes, norm_cfg=norm_cfg),
+    auxiliary_head=dict(in_channels=192, channels=64, num_classes=num_classes, norm_cfg=norm_cfg))
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
