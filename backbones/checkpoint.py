@@ -2,7 +2,7 @@
 
 Two key layouts exist. The backbone uses timm's (``stem``, ``stages.i.downsample``,
 ``stages.i.blocks.j``); the official release's (``downsample_layers.0`` = stem,
-``downsample_layers.i``, ``stages.i.j``) is converted here and nowhere else.
+``downsample_layers.i``, ``stages.i.j``) is converted here and nowhere else, by timm's ``checkpoint_filter_fn``.
 
 A checkpoint is named by a local path, an http(s) URL (downloaded once into torch's hub cache,
 ``$TORCH_HOME/hub/checkpoints``) or a Hugging Face hub name (``timm/mambaout_tiny.in1k``,
@@ -23,8 +23,10 @@ from typing import Dict, Optional
 from urllib.parse import urlparse
 
 import torch
+from timm.models.mambaout import checkpoint_filter_fn
 
-# Keys of the classification model that a detection/segmentation backbone does not have.
+# Keys of the classification model that a detection/segmentation backbone does not have (after timm's
+# filter, which moves the official final ``norm.`` under ``head.``).
 _CLASSIFIER_KEY = re.compile(r'^(head|norm)\.')
 _WRAPPER_KEYS = ('state_dict', 'model', 'module')
 _SHOWN_KEYS = 8
@@ -277,22 +279,13 @@ def unwrap_state_dict(checkpoint: dict, prefix: Optional[str] = None) -> Dict[st
     return state
 
 
-def official_to_timm(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Rename official-release keys to the timm layout the backbone uses (a no-op on timm keys)."""
-    if not any(k.startswith('downsample_layers.') for k in state):
-        return state
-    converted = OrderedDict()
-    for key, value in state.items():
-        key = re.sub(r'^downsample_layers\.0\.', 'stem.', key)
-        key = re.sub(r'^downsample_layers\.(\d+)\.', r'stages.\1.downsample.', key)
-        key = re.sub(r'^stages\.(\d+)\.(\d+)\.', r'stages.\1.blocks.\2.', key)
-        converted[key] = value
-    return converted
-
-
 def to_backbone_state_dict(checkpoint: dict, prefix: Optional[str] = None):
-    """Native (timm-layout) backbone keys of any supported checkpoint, and the classifier keys dropped."""
-    state = official_to_timm(unwrap_state_dict(checkpoint, prefix))
+    """Native (timm-layout) backbone keys of any supported checkpoint, and the classifier keys dropped.
+
+    The official release's layout goes through timm's own ``checkpoint_filter_fn``, which only renames keys (it
+    returns timm-layout ones as they are); its ``model`` argument is not read, so none is given.
+    """
+    state = checkpoint_filter_fn(unwrap_state_dict(checkpoint, prefix), None)
     if not any(k.startswith(('stem.', 'stages.')) for k in state):
         raise CheckpointMismatchError(
             'This is not a MambaOut checkpoint: no key starts with stem./stages. (timm) or downsample_layers. '

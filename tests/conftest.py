@@ -1,4 +1,5 @@
-"""Shared test helpers: models with random weights and checkpoints written in the official and timm layouts.
+"""Shared test helpers: models with random weights, checkpoints written in the official and timm layouts, and
+untrained detector/segmentor checkpoints.
 
 Nothing is downloaded: every checkpoint is made here from random weights.
 """
@@ -64,3 +65,19 @@ def timm_model():
         return randomize_(timm.create_model(f'mambaout_{arch}', pretrained=False), seed).eval()
 
     return make
+
+
+def untrained_checkpoint(config, path):
+    """An untrained model of ``config`` saved as training saves one: its weights, and the class names and palette
+    of its dataset under ``meta['dataset_meta']`` (what mmdet's and mmseg's inferencers read them from)."""
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+    cfg = Config.fromfile(config)
+    scope = cfg.default_scope
+    registry = __import__(f'{scope}.registry', fromlist=['MODELS', 'DATASETS'])
+    with DefaultScope.overwrite_default_scope(scope):
+        model = registry.MODELS.build(cfg.model)
+        metainfo = registry.DATASETS.build(dict(cfg.test_dataloader.dataset, lazy_init=True)).metainfo
+    model.init_weights()
+    torch.save({'state_dict': model.state_dict(), 'meta': {'dataset_meta': metainfo}}, path)
+    return str(path)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-import torch
+from conftest import untrained_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
@@ -55,19 +55,6 @@ def evaluate(config, checkpoint, work_dir, cwd, *options):
          *options], cwd)
     name = 'test_metrics_tta.json' if '--tta' in options else 'test_metrics.json'
     return json.loads((work_dir / name).read_text())['metrics']
-
-
-def untrained_checkpoint(config, path):
-    from mmengine.config import Config
-    from mmengine.registry import DefaultScope
-    cfg = Config.fromfile(config)
-    scope = cfg.default_scope
-    registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
-    with DefaultScope.overwrite_default_scope(scope):
-        model = registry.build(cfg.model)
-    model.init_weights()
-    torch.save({'state_dict': model.state_dict(), 'meta': {}}, path)
-    return str(path)
 
 
 @pytest.fixture(scope='module')

@@ -1,0 +1,96 @@
+"""tools/image_demo.py as tools/demo.py runs it: a detector's and a segmentor's prediction drawn on a toy image,
+with a legend of the predicted classes in their colours, from untrained checkpoints made here (no training);
+also from a checkpoint in the format written before the plugins' weights-only hook, and one clear error for a
+checkpoint that weights-only unpickling refuses."""
+import os
+import subprocess
+import sys
+
+import mmcv
+import numpy as np
+import pytest
+import torch
+from conftest import untrained_checkpoint
+from mmengine.config import Config
+from mmengine.logging import HistoryBuffer
+
+from tools.make_toy_data import make_toy_data
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DET = os.path.join(ROOT, 'configs', 'toy', 'mask_rcnn_mambaout_toy.py')
+SEG = os.path.join(ROOT, 'configs', 'toy', 'upernet_mambaout_toy.py')
+IMAGES = {DET: os.path.join('data', 'toy', 'coco', 'val', 'toy_val_00000.jpg'),
+          SEG: os.path.join('data', 'toy', 'ade', 'images', 'validation', 'toy_val_00000.jpg')}
+SWATCH_PIXELS = 16 * 16  # a legend row's colour swatch
+
+
+@pytest.fixture(scope='module')
+def toy_dir(tmp_path_factory):
+    work = tmp_path_factory.mktemp('image_demo')
+    make_toy_data(str(work / 'data' / 'toy'), num_train=4, num_val=2, size=96)
+    return work
+
+
+def image_demo(cwd, config, checkpoint, out, *options):
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'image_demo.py'), IMAGES[config], config,
+                           str(checkpoint), '--out', str(out), '--device', 'cpu', *options],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def old_format(checkpoint, path):
+    """``checkpoint`` as mmengine wrote it before the plugins' hook: a HistoryBuffer and numpy scalars."""
+    old = torch.load(checkpoint)
+    old['meta']['epoch'] = np.int64(1)
+    old['message_hub'] = {'log_scalars': {'train/loss': HistoryBuffer([1.0, 0.5], [1, 1])},
+                          'runtime_info': {'best_score': np.float64(0.5)}}
+    torch.save(old, path)
+    with pytest.raises(Exception, match='Weights only load failed'):
+        torch.load(path)
+    return path
+
+
+@pytest.mark.parametrize('config, options, fmt', [(DET, ['--score-thr', '0.05'], 'new'), (SEG, [], 'new'),
+                                                  (SEG, [], 'old')], ids=['detector', 'segmentor', 'segmentor-old'])
+def test_picture_with_drawing_and_legend(toy_dir, config, options, fmt):
+    name = f'{os.path.basename(config)[:-3]}_{fmt}'
+    checkpoint = untrained_checkpoint(config, toy_dir / f'{name}.pth')
+    if fmt == 'old':
+        checkpoint = old_format(checkpoint, toy_dir / f'{name}_old.pth')
+    out = toy_dir / 'pictures' / f'{name}.png'
+    result = image_demo(toy_dir, config, checkpoint, out, *options)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    image = mmcv.imread(str(toy_dir / IMAGES[config]))
+    picture = mmcv.imread(str(out))
+    height, width = image.shape[:2]
+    assert picture.shape[0] > height and picture.shape[1] >= width
+    # the prediction is drawn on the image (boxes and masks; the label map)
+    changed = np.abs(picture[:height, :width].astype(int) - image.astype(int)).max(axis=2) > 30
+    assert changed.mean() > 0.02, changed.mean()
+    # the legend names at least one class, each with a swatch of the class's palette colour (BGR on disk)
+    named = result.stdout.strip().rsplit(': ', 1)[1].split(', ')
+    metainfo = Config.fromfile(config).metainfo
+    assert named and set(named) <= set(metainfo['classes']), result.stdout
+    legend = picture[height:]
+    for class_name in named:
+        rgb = metainfo['palette'][metainfo['classes'].index(class_name)]
+        assert (legend == rgb[::-1]).all(axis=2).sum() >= SWATCH_PIXELS, (class_name, rgb)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ('touch PWNED',))
+
+
+def test_checkpoint_refused_by_weights_only_loading_is_one_clear_error(toy_dir):
+    checkpoint = toy_dir / 'evil.pth'
+    torch.save({'state_dict': {}, 'meta': {}, 'evil': _Payload()}, checkpoint)
+    result = image_demo(toy_dir, SEG, checkpoint, toy_dir / 'evil.png')
+    assert result.returncode != 0
+    error = result.stderr.strip().splitlines()[-1]
+    refused = f'{os.system.__module__}.system'  # posix.system on Linux
+    assert error.startswith(f'error: torch.load(weights_only=True) refuses {checkpoint} (it holds {refused})'), \
+        result.stderr[-3000:]
+    assert f"torch.load('{checkpoint}', weights_only=False)" in error and not (toy_dir / 'PWNED').exists()
+    assert not (toy_dir / 'evil.png').exists()
