@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install demo test
+.PHONY: install demo test test-fast
 
 install:
 	@VENV=$(abspath $(VENV)) bash tools/install.sh
@@ -16,3 +16,8 @@ demo: install
 test: install
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: FAILED - pytest collected no tests" >&2; fi; exit $$rc
+
+# The fast tier (units, no trainings or launches): a few minutes on 2 cores.
+test-fast: install
+	@$(PY) -m pytest -m "not slow" $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-fast: FAILED - pytest collected no tests" >&2; fi; exit $$rc

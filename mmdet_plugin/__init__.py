@@ -4,14 +4,11 @@ Importing it also makes the training checkpoints of this process loadable by mmd
 torch's weights-only ``torch.load`` (:mod:`backbones.training_checkpoint`)."""
 from backbones.stack import check_stack
 
-check_stack('mmdet')
+check_stack('mmdet')  # before mmdet is imported: a broken mmcv is explained, not a deep ImportError
 
-from mmdet.registry import MODELS  # noqa: E402  (after the stack check, which explains a broken mmcv)
+from mmdet.registry import MODELS  # noqa: E402
 
-from backbones import MambaOut  # noqa: E402
-from backbones.training_checkpoint import add_to_every_runner  # noqa: E402
+from backbones import MambaOut, training_checkpoint  # noqa: E402
 
 MODELS.register_module(module=MambaOut)
-add_to_every_runner()
-
-__all__ = ['MambaOut']
+training_checkpoint.add_to_every_runner()

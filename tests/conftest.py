@@ -70,14 +70,13 @@ def timm_model():
 def untrained_checkpoint(config, path):
     """An untrained model of ``config`` saved as training saves one: its weights, and the class names and palette
     of its dataset under ``meta['dataset_meta']`` (what mmdet's and mmseg's inferencers read them from)."""
-    from mmengine.config import Config
-    from mmengine.registry import DefaultScope
-    cfg = Config.fromfile(config)
-    scope = cfg.default_scope
-    registry = __import__(f'{scope}.registry', fromlist=['MODELS', 'DATASETS'])
-    with DefaultScope.overwrite_default_scope(scope):
-        model = registry.MODELS.build(cfg.model)
-        metainfo = registry.DATASETS.build(dict(cfg.test_dataloader.dataset, lazy_init=True)).metainfo
+    import importlib
+
+    from mambaout_tools.models import build_model, load_config
+    cfg = load_config(str(config))
+    model = build_model(cfg)
+    datasets = importlib.import_module(f'{cfg.default_scope}.registry').DATASETS
+    metainfo = datasets.build(dict(cfg.test_dataloader.dataset, lazy_init=True)).metainfo
     model.init_weights()
     torch.save({'state_dict': model.state_dict(), 'meta': {'dataset_meta': metainfo}}, path)
     return str(path)

@@ -6,7 +6,8 @@ import os
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.registry import DefaultScope
+
+from mambaout_tools.models import build_model, load_config, num_classes_of, synthetic_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, 'configs', '**', '*.py'), recursive=True)
@@ -28,49 +29,18 @@ def test_all_paper_configs_exist():
     assert {'toy/mask_rcnn_mambaout_toy.py', 'toy/upernet_mambaout_toy.py'} <= names
 
 
-def det_batch(num_classes):
-    from mmdet.testing import demo_mm_inputs
-    return demo_mm_inputs(batch_size=2, image_shapes=[(3, 96, 128), (3, 128, 96)], num_items=[3, 2],
-                          num_classes=num_classes, with_mask=True)
-
-
-def seg_batch(num_classes):
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
-    samples = []
-    for h, w in [(96, 128), (128, 96)]:
-        sample = SegDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w)))
-        sample.gt_sem_seg = PixelData(data=torch.randint(0, num_classes, (1, h, w)))
-        samples.append(sample)
-    return dict(inputs=[torch.randint(0, 255, (3, 96, 128), dtype=torch.uint8),
-                        torch.randint(0, 255, (3, 128, 96), dtype=torch.uint8)], data_samples=samples)
-
-
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: os.path.relpath(p, os.path.join(ROOT, 'configs')))
 def test_config_builds_and_computes_a_loss(path):
-    cfg = Config.fromfile(path)
-    cfg.model.backbone.init_cfg = None  # nothing is downloaded in tests
-    scope = cfg.default_scope
-    if scope == 'mmdet':
-        from mmdet.registry import MODELS
-        num_classes = cfg.model.roi_head.bbox_head.num_classes
-        batch = det_batch(num_classes)
-    else:
-        from mmseg.registry import MODELS
-        num_classes = cfg.model.decode_head.num_classes
+    cfg = load_config(path)
+    if cfg.default_scope == 'mmseg':
         cfg.model.data_preprocessor.size = (128, 128)
-        batch = seg_batch(num_classes)
-        # SyncBN needs a process group; the Runner reverts it to BN in one process, and so do we
-        from mmengine.model import revert_sync_batchnorm
-    with DefaultScope.overwrite_default_scope(scope):
-        model = MODELS.build(cfg.model)
-        if scope == 'mmseg':
-            model = revert_sync_batchnorm(model)
-        model.init_weights()
-        model.train()
-        data = model.data_preprocessor(batch, training=True)
-        losses = model(**data, mode='loss')
-    loss, log_vars = model.parse_losses(losses)
+    model = build_model(cfg)  # random weights: nothing is downloaded in tests
+    model.init_weights()
+    model.train()
+    # two images of other shapes: the data preprocessor pads them into one batch
+    batch = synthetic_batch(cfg.default_scope, [(96, 128), (128, 96)], num_classes_of(cfg), num_objects=3)
+    data = model.data_preprocessor(batch, training=True)
+    loss, _ = model.parse_losses(model(**data, mode='loss'))
     assert torch.isfinite(loss) and loss.item() > 0
     loss.backward()
     assert model.backbone.stem.conv1.weight.grad is not None

@@ -13,6 +13,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from backbones import MambaOut
 
+pytestmark = pytest.mark.slow  # 2-process launches
+
 TINY_ARCH = dict(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32))
 WORLD_SIZE, STEPS = 2, 3
 

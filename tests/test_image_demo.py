@@ -16,6 +16,8 @@ from mmengine.logging import HistoryBuffer
 
 from tools.make_toy_data import make_toy_data
 
+pytestmark = pytest.mark.slow  # mmdet/mmseg inferencers on toy checkpoints
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DET = os.path.join(ROOT, 'configs', 'toy', 'mask_rcnn_mambaout_toy.py')
 SEG = os.path.join(ROOT, 'configs', 'toy', 'upernet_mambaout_toy.py')

@@ -18,6 +18,8 @@ import torch
 from backbones.training_checkpoint import LOG_SCALARS_KEY, restore_runner_state
 from tools.make_toy_data import make_toy_data
 
+pytestmark = pytest.mark.slow  # trainings through mmdet's/mmseg's installed scripts
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DET = os.path.join(ROOT, 'configs', 'toy', 'mask_rcnn_mambaout_toy.py')
 SEG = os.path.join(ROOT, 'configs', 'toy', 'upernet_mambaout_toy.py')

@@ -1,7 +1,6 @@
 """Tests of tools/make_toy_data.py (the embedded synthetic toy dataset)."""
 import contextlib
 import filecmp
-import importlib.util
 import io
 import json
 import os
@@ -18,15 +17,13 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from tools import make_toy_data as toy
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / 'tools' / 'make_toy_data.py'
 TOY_DET = ROOT / 'configs' / 'toy' / 'mask_rcnn_mambaout_toy.py'
 TOY_SEG = ROOT / 'configs' / 'toy' / 'upernet_mambaout_toy.py'
 
-_spec = importlib.util.spec_from_file_location('make_toy_data', SCRIPT)
-toy = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault('make_toy_data', toy)
-_spec.loader.exec_module(toy)
 
 CLASSES = ('square', 'circle', 'triangle')
 SMALL = dict(num_train=24, num_val=8, size=128)

@@ -10,9 +10,11 @@ import sys
 import pytest
 from conftest import untrained_checkpoint
 
+from tools.make_toy_data import make_toy_data
+
+pytestmark = pytest.mark.slow  # end-to-end trainings
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
-from make_toy_data import make_toy_data  # noqa: E402
 
 DET = os.path.join(ROOT, 'configs', 'toy', 'mask_rcnn_mambaout_toy.py')
 SEG = os.path.join(ROOT, 'configs', 'toy', 'upernet_mambaout_toy.py')

@@ -26,22 +26,20 @@ same per-output LayerNorms as ours) and (c) timm's ConvNeXt of the same size cla
 ``--sequential`` measures them one after the other instead, with one model in memory at a time.
 ``--amp``: float16 autocast with a gradient scaler on CUDA, bfloat16 autocast on CPU.
 """
+
 import argparse
 import copy
-import ctypes
 import gc
-import importlib
 import math
 import os.path as osp
 import statistics
-import sys
-import threading
 import time
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+from mambaout_tools.models import build_model, load_config, models_registry, num_classes_of, synthetic_batch
+from mambaout_tools.peak_memory import PeakMemory
 
 PROG = 'benchmark.py'
 DET_DEFAULT_SHAPE = (800, 1344)  # mmdet's 1333x800 resize, padded to a multiple of 32
@@ -50,66 +48,60 @@ MIN_SIDE = 32  # the backbone's total stride
 TIMM_VARIANT = '_BenchmarkTimmFeatures'  # private registry name of the wrapper below
 
 
-def fail(message):
-    print(f'{PROG}: error: {message}', file=sys.stderr)
-    raise SystemExit(2)
+def _int_at_least(minimum):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f'must be an integer >= {minimum}, got {text}')
+        return value
+    return parse
+
+
+def _existing_file(path):
+    if not osp.isfile(path):
+        raise argparse.ArgumentTypeError(f'config file not found: {path}')
+    return path
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('config', help='an mmdet or mmseg config, e.g. configs/mask_rcnn_mambaout_t_1x.py')
-    parser.add_argument('--shape', nargs=2, metavar=('H', 'W'),
-                        help='input height and width (default: the config\'s input size)')
-    parser.add_argument('--batch-size', type=int, default=None, help='images per iteration (default 2)')
+    parser.add_argument('config', type=_existing_file,
+                        help='an mmdet or mmseg config, e.g. configs/mask_rcnn_mambaout_t_1x.py')
+    parser.add_argument('--shape', nargs=2, type=_int_at_least(MIN_SIDE), metavar=('H', 'W'),
+                        help=f'input height and width, each >= {MIN_SIDE} (the backbone stride); default: the '
+                             'config\'s input size')
+    parser.add_argument('--batch-size', type=_int_at_least(1), default=2, help='images per iteration (default 2)')
     parser.add_argument('--amp', action='store_true', help='mixed precision (fp16 on CUDA, bf16 on CPU)')
-    parser.add_argument('--iters', type=int, default=None, help='timed iterations (default: 3 on CPU, 30 on CUDA)')
-    parser.add_argument('--warmup', type=int, default=None,
+    parser.add_argument('--iters', type=_int_at_least(1), help='timed iterations (default: 3 on CPU, 30 on CUDA)')
+    parser.add_argument('--warmup', type=_int_at_least(0),
                         help='untimed iterations first (default: 1 on CPU, 10 on CUDA)')
     parser.add_argument('--backbone-only', action='store_true', help='time the backbone alone (forward + backward)')
     parser.add_argument('--inference-only', action='store_true',
                         help='time inference alone (no train step, no train-step memory)')
     parser.add_argument('--compare', action='store_true',
                         help='also run the timm mambaout wrapper and ConvNeXt of the same size, interleaved')
-    parser.add_argument('--device', choices=('cpu', 'cuda'), default=None,
+    parser.add_argument('--device', choices=('cpu', 'cuda'), default='cuda' if torch.cuda.is_available() else 'cpu',
                         help='default: cuda when available, else cpu')
     parser.add_argument('--compile', action='store_true', help='torch.compile the backbone(s)')
-    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s)')
+    parser.add_argument('--threads', type=_int_at_least(1), help='torch CPU threads (default: torch\'s)')
     parser.add_argument('--sequential', action='store_true',
                         help='with --compare, measure one variant after the other with only its model in '
                              'memory (less memory; not interleaved)')
     args = parser.parse_args(argv)
-
-    if not osp.isfile(args.config):
-        fail(f'config file not found: {args.config}')
-    if args.shape is not None:
-        try:
-            shape = tuple(int(v) for v in args.shape)
-        except ValueError:
-            shape = None
-        if shape is None or min(shape) < MIN_SIDE:
-            fail(f'--shape H W needs two integers >= {MIN_SIDE} (the backbone stride), got {" ".join(args.shape)}')
-        args.shape = shape
-    for name in ('batch_size', 'iters', 'threads'):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            fail(f'--{name.replace("_", "-")} must be >= 1, got {value}')
-    if args.warmup is not None and args.warmup < 0:
-        fail(f'--warmup must be >= 0, got {args.warmup}')
-    if args.device is None:
-        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    elif args.device == 'cuda' and not torch.cuda.is_available():
-        fail('--device cuda: CUDA is not available (torch.cuda.is_available() is False)')
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        parser.error('--device cuda: CUDA is not available (torch.cuda.is_available() is False)')
     on_cpu = args.device == 'cpu'
-    args.batch_size = args.batch_size or 2
     args.iters = args.iters if args.iters is not None else (3 if on_cpu else 30)
     args.warmup = args.warmup if args.warmup is not None else (1 if on_cpu else 10)
-    return args
+    return args, parser
 
 
 # ----------------------------------------------------------------------------------------------------
 # Models
-
 
 class TimmFeatures(nn.Module):
     """A timm model with ``features_only=True`` as a backbone: contiguous NCHW outputs like ours (timm's
@@ -155,11 +147,12 @@ def variant_backbones(backbone_cfg, compare):
     if not compare:
         return variants
     if ours.get('type') != 'MambaOut' or not isinstance(arch, str):
-        fail(f'--compare needs a MambaOut backbone with a named arch, got type={ours.get("type")!r} arch={arch!r}')
+        raise ValueError(f'--compare needs a MambaOut backbone with a named arch, got type={ours.get("type")!r} '
+                         f'arch={arch!r}')
     import timm
     timm_name = f'mambaout_{arch}'
     if timm_name not in timm.list_models('mambaout*'):
-        fail(f'--compare: timm {timm.__version__} has no {timm_name}')
+        raise ValueError(f'--compare: timm {timm.__version__} has no {timm_name}')
     common = dict(type=TIMM_VARIANT, out_indices=tuple(ours.get('out_indices', (0, 1, 2, 3))),
                   with_output_norm=ours.get('with_output_norm', True),
                   drop_path_rate=ours.get('drop_path_rate', 0.), with_cp=ours.get('with_cp', False))
@@ -172,7 +165,7 @@ def variant_backbones(backbone_cfg, compare):
 def out_channels(backbone):
     channels = getattr(backbone, 'out_channels', None)
     if channels is None:
-        fail(f'cannot tell the output channels of {type(backbone).__name__}')
+        raise ValueError(f'cannot tell the output channels of {type(backbone).__name__}')
     return tuple(channels)
 
 
@@ -195,35 +188,14 @@ def adapt_channels(model_cfg, channels):
                 head['in_channels'] = channels[index]
 
 
-def build(models_registry, cfg, backbone_cfg, backbone_only):
-    from mmengine.model import revert_sync_batchnorm
-    backbone = models_registry.build(backbone_cfg)
-    if backbone_only:
-        return backbone
-    model_cfg = copy.deepcopy(cfg.model)
-    model_cfg['backbone'] = backbone_cfg
-    if 'pretrained' in model_cfg:
-        model_cfg['pretrained'] = None
-    adapt_channels(model_cfg, out_channels(backbone))
-    model = models_registry.build(model_cfg)
-    model.backbone = backbone  # the same module, already built
-    return revert_sync_batchnorm(model)  # SyncBN needs a process group; plain BN does the same work here
-
-
-def find_num_classes(node, default):
-    if isinstance(node, dict):
-        if isinstance(node.get('num_classes'), int):
-            return node['num_classes']
-        children = node.values()
-    elif isinstance(node, (list, tuple)):
-        children = node
-    else:
-        return None
-    for child in children:
-        found = find_num_classes(child, None)
-        if found is not None:
-            return found
-    return default
+def build_variant(cfg, backbone_cfg, backbone_only):
+    """The config's model (or backbone) with ``backbone_cfg`` in place of its backbone, the neck's and heads'
+    input channels adapted to it."""
+    cfg = copy.deepcopy(cfg)
+    cfg.model.backbone = backbone_cfg
+    if not backbone_only:
+        adapt_channels(cfg.model, out_channels(build_model(cfg, backbone_only=True)))
+    return build_model(cfg, backbone_only=backbone_only)
 
 
 def default_shape(cfg, scope):
@@ -233,126 +205,9 @@ def default_shape(cfg, scope):
     return DET_DEFAULT_SHAPE
 
 
-# ----------------------------------------------------------------------------------------------------
-# Synthetic data
 
-
-def make_samples(scope, shape, batch, num_classes, device, with_targets, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    h, w = shape
-    samples = []
-    for index in range(batch):
-        meta = dict(img_shape=shape, ori_shape=shape, pad_shape=shape, batch_input_shape=shape)
-        if scope == 'mmdet':
-            from mmdet.structures import DetDataSample
-            from mmdet.structures.mask import BitmapMasks
-            from mmengine.structures import InstanceData
-            sample = DetDataSample(metainfo=dict(meta, scale_factor=(1., 1.), img_id=index))
-            if with_targets:
-                k = 4
-                x1 = torch.rand(k, generator=gen) * w * 0.6
-                y1 = torch.rand(k, generator=gen) * h * 0.6
-                bw = (0.1 + 0.3 * torch.rand(k, generator=gen)) * w
-                bh = (0.1 + 0.3 * torch.rand(k, generator=gen)) * h
-                boxes = torch.stack([x1, y1, (x1 + bw).clamp(max=w - 1), (y1 + bh).clamp(max=h - 1)], 1)
-                masks = torch.zeros(k, h, w, dtype=torch.uint8)
-                for j, (a, b, c, d) in enumerate(boxes.round().long().tolist()):
-                    masks[j, b:d + 1, a:c + 1] = 1
-                gt = InstanceData(bboxes=boxes, labels=torch.randint(0, num_classes, (k,), generator=gen),
-                                  masks=BitmapMasks(masks.numpy(), h, w))
-                sample.gt_instances = gt.to(device)
-        else:
-            from mmengine.structures import PixelData
-            from mmseg.structures import SegDataSample
-            sample = SegDataSample(metainfo=dict(meta, padding_size=[0, 0, 0, 0], flip=False))
-            if with_targets:
-                seg = torch.randint(0, num_classes, (1, h, w), generator=gen)
-                sample.gt_sem_seg = PixelData(data=seg.to(device))
-        samples.append(sample)
-    return samples
-
-
-# ----------------------------------------------------------------------------------------------------
-# Measurement
-
-
-class PeakMemory:
-    """Peak memory of a code region above the memory in use when it starts, in MiB."""
-
-    def __init__(self, device):
-        self.device = device
-        self._libc = None
-        if device == 'cuda':
-            self.method = 'torch.cuda.max_memory_allocated above the memory allocated before the step'
-        elif self._clear_refs_works():
-            self.method = ('peak RSS above the RSS before the step: /proc/self/status VmHWM, reset via '
-                           '/proc/self/clear_refs, after gc + malloc_trim')
-        else:
-            try:
-                import psutil  # noqa: F401
-                self.method = 'peak RSS above the RSS before the step: psutil RSS sampled every 1 ms'
-            except ImportError:
-                self.method = None
-        try:
-            self._libc = ctypes.CDLL('libc.so.6')
-        except OSError:
-            pass
-
-    @staticmethod
-    def _clear_refs_works():
-        try:
-            with open('/proc/self/clear_refs', 'w') as f:
-                f.write('5')
-            return PeakMemory._status('VmHWM') is not None
-        except OSError:
-            return False
-
-    @staticmethod
-    def _status(field):
-        with open('/proc/self/status') as f:
-            for line in f:
-                if line.startswith(field + ':'):
-                    return int(line.split()[1]) * 1024
-        return None
-
-    def measure(self, fn):
-        if self.method is None:
-            fn()
-            return float('nan')
-        gc.collect()
-        if self.device == 'cuda':
-            torch.cuda.synchronize()
-            base = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-            fn()
-            torch.cuda.synchronize()
-            return (torch.cuda.max_memory_allocated() - base) / 2**20
-        if self._libc is not None:
-            self._libc.malloc_trim(0)  # freed heap memory back to the OS, so that reuse shows in RSS
-        if 'VmHWM' in self.method:
-            base = self._status('VmRSS')
-            with open('/proc/self/clear_refs', 'w') as f:
-                f.write('5')
-            fn()
-            return (self._status('VmHWM') - base) / 2**20
-        import psutil
-        proc, peak, done = psutil.Process(), [0], threading.Event()
-        base = proc.memory_info().rss
-
-        def sample():
-            while not done.is_set():
-                peak[0] = max(peak[0], proc.memory_info().rss)
-                time.sleep(0.001)
-        thread = threading.Thread(target=sample, daemon=True)
-        thread.start()
-        fn()
-        done.set()
-        thread.join()
-        return (max(peak[0], proc.memory_info().rss) - base) / 2**20
-
-
-class Runner:
-    """One variant: its model, optimizer and step functions."""
+class Variant:
+    """One model under measurement: its inputs, optimizer, step functions and measurements."""
 
     def __init__(self, key, label, model, args, scope, shape, num_classes):
         self.key, self.label, self.model = key, label, model
@@ -363,8 +218,9 @@ class Runner:
         self.inputs = torch.randn(args.batch_size, 3, *shape, generator=torch.Generator().manual_seed(0))
         self.inputs = self.inputs.to(self.device)
         if not args.backbone_only:
-            self.train_samples = make_samples(scope, shape, args.batch_size, num_classes, self.device, True)
-            self.test_samples = make_samples(scope, shape, args.batch_size, num_classes, self.device, False)
+            # Straight to the model, as after the data preprocessor (which would pad to the training crop size).
+            samples = synthetic_batch(scope, [shape] * args.batch_size, num_classes)['data_samples']
+            self.samples = [sample.to(self.device) for sample in samples]
             self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
                                                weight_decay=0.05)
         use_fp16 = args.amp and args.device == 'cuda'
@@ -390,7 +246,7 @@ class Runner:
                 p.grad = None
             return
         with self._autocast():
-            losses = self.model(self.inputs, self.train_samples, mode='loss')
+            losses = self.model(self.inputs, self.samples, mode='loss')
         loss, _ = self.model.parse_losses(losses)
         if not torch.isfinite(loss):
             raise RuntimeError(f'{self.label}: non-finite loss {loss.item()}')
@@ -409,7 +265,7 @@ class Runner:
             if self.args.backbone_only:
                 self.model(self.inputs)
             else:
-                self.model(self.inputs, self.test_samples, mode='predict')
+                self.model(self.inputs, self.samples, mode='predict')
 
     def timed(self, fn):
         if self.device.type == 'cuda':
@@ -421,12 +277,12 @@ class Runner:
         return time.perf_counter() - start, time.process_time() - cpu_start
 
 
-def interleave(runners, rounds, warmup, step_name, record):
+def interleave(variants, rounds, warmup, step_name, record):
     for round_index in range(rounds):
-        for runner in runners:
-            wall, cpu = runner.timed(getattr(runner, step_name))
+        for variant in variants:
+            wall, cpu = variant.timed(getattr(variant, step_name))
             if round_index >= warmup:
-                record(runner, wall, cpu)
+                record(variant, wall, cpu)
 
 
 def median_ms(values):
@@ -437,14 +293,14 @@ def fmt(value, digits=1):
     return 'n/a' if value is None or math.isnan(value) else f'{value:.{digits}f}'
 
 
-def report(runners, args, memory_method):
+def report(variants, args, memory_method):
     on_cpu = args.device == 'cpu'
     what = 'fwd+bwd' if args.backbone_only else 'train step'
     headers = ['variant', 'params (M)', f'{what} ms/iter', 'img/s', 'peak MiB (step)', 'infer ms/img']
     if on_cpu:
         headers.append(f'{what} CPU-time ms/iter')
     rows, results = [], {}
-    for r in runners:
+    for r in variants:
         train = median_ms(r.train_times)
         infer = median_ms(r.infer_times) / args.batch_size
         result = dict(train=train, infer=infer, mem=r.peak_mib, cpu=median_ms(r.train_cpu))
@@ -481,27 +337,24 @@ def report(runners, args, memory_method):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    args, parser = parse_args(argv)
+    try:
+        return run(args)
+    except ValueError as err:  # what the arguments asked for cannot be done with this config
+        parser.exit(2, f'{PROG}: error: {err}\n')
+
+
+def run(args):
     if args.threads:
         torch.set_num_threads(args.threads)
+    cfg = load_config(args.config)
+    scope = cfg.default_scope
+    if cfg.model.get('backbone') is None:
+        raise ValueError(f'{args.config}: no model.backbone in the config')
+    models_registry(scope).register_module(name=TIMM_VARIANT, module=TimmFeatures, force=True)
 
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-    try:
-        cfg = Config.fromfile(args.config)
-    except Exception as exc:  # a broken config: say which file and why
-        fail(f'cannot load config {args.config}: {type(exc).__name__}: {exc}')
-    scope = cfg.get('default_scope')
-    if scope not in ('mmdet', 'mmseg'):
-        fail(f'{args.config}: default_scope must be "mmdet" or "mmseg", got {scope!r}')
-    if 'model' not in cfg or 'backbone' not in cfg.model:
-        fail(f'{args.config}: no model.backbone in the config')
-    init_default_scope(scope)
-    models_registry = importlib.import_module(f'{scope}.registry').MODELS
-    models_registry.register_module(name=TIMM_VARIANT, module=TimmFeatures, force=True)
-
-    shape = args.shape or default_shape(cfg, scope)
-    num_classes = find_num_classes(cfg.model, 80 if scope == 'mmdet' else 150)
+    shape = tuple(args.shape) if args.shape else default_shape(cfg, scope)
+    num_classes = num_classes_of(cfg)
     memory = PeakMemory(args.device)
     device_name = torch.cuda.get_device_name() if args.device == 'cuda' else f'cpu, {torch.get_num_threads()} threads'
     mode = 'backbone only (forward + backward)' if args.backbone_only else 'full model (train step + predict)'
@@ -510,60 +363,59 @@ def main(argv=None):
           f'{"AMP " + ("fp16" if args.device == "cuda" else "bf16") if args.amp else "fp32"}, '
           f'warm-up {args.warmup}, iters {args.iters}{", torch.compile" if args.compile else ""}')
 
-    def make_runner(key, label, backbone_cfg):
+    def make_variant(key, label, backbone_cfg):
         torch.manual_seed(0)
-        model = build(models_registry, cfg, backbone_cfg, args.backbone_only).to(args.device)
+        model = build_variant(cfg, backbone_cfg, args.backbone_only).to(args.device)
         if args.compile:
             if args.backbone_only:
                 model = torch.compile(model)
             else:
                 model.backbone = torch.compile(model.backbone)
-        runner = Runner(key, label, model, args, scope, shape, num_classes)
-        print(f'built {label}: backbone {runner.params_m:.1f} M parameters', flush=True)
-        return runner
+        variant = Variant(key, label, model, args, scope, shape, num_classes)
+        print(f'built {label}: backbone {variant.params_m:.1f} M parameters', flush=True)
+        return variant
 
-    variants = variant_backbones(cfg.model.backbone, args.compare)
     if args.sequential:
-        runners = []
-        for variant in variants:
-            runner = make_runner(*variant)
-            measure([runner], args, memory)
-            runner.release()
-            runners.append(runner)
+        variants = []
+        for backbone in variant_backbones(cfg.model.backbone, args.compare):
+            variant = make_variant(*backbone)
+            measure([variant], args, memory)
+            variant.release()
+            variants.append(variant)
     else:
-        runners = [make_runner(*variant) for variant in variants]
-        measure(runners, args, memory)
-    return report(runners, args, memory.method)
+        variants = [make_variant(*backbone) for backbone in variant_backbones(cfg.model.backbone, args.compare)]
+        measure(variants, args, memory)
+    return report(variants, args, memory.method)
 
 
-def measure(runners, args, memory):
-    """Train and inference times (interleaved over ``runners``), then one train step each for memory."""
+def measure(variants, args, memory):
+    """Train and inference times (interleaved over ``variants``), then one train step each for memory."""
     rounds = args.warmup + args.iters
-    how = 'interleaved' if len(runners) > 1 else runners[0].label
+    how = 'interleaved' if len(variants) > 1 else variants[0].label
 
-    def record_train(runner, wall, cpu):
-        runner.train_times.append(wall)
-        runner.train_cpu.append(cpu)
+    def record_train(variant, wall, cpu):
+        variant.train_times.append(wall)
+        variant.train_cpu.append(cpu)
 
-    def record_infer(runner, wall, cpu):
-        runner.infer_times.append(wall)
+    def record_infer(variant, wall, cpu):
+        variant.infer_times.append(wall)
 
     if not args.inference_only:
         print(f'timing train ({rounds} rounds, {how})...', flush=True)
         try:
-            interleave(runners, rounds, args.warmup, 'train_step', record_train)
+            interleave(variants, rounds, args.warmup, 'train_step', record_train)
         except ValueError as exc:
             if 'more than 1 value per channel' not in str(exc):
                 raise
-            fail(f'a BatchNorm in the model (e.g. UperNet\'s pooling module) cannot train on one value per '
-                 f'channel: use --batch-size 2 or more ({exc})')
+            raise ValueError(f'a BatchNorm in the model (e.g. UperNet\'s pooling module) cannot train on one value '
+                             f'per channel: use --batch-size 2 or more ({exc})') from None
     print(f'timing inference ({rounds} rounds, {how})...', flush=True)
-    interleave(runners, rounds, args.warmup, 'infer_step', record_infer)
+    interleave(variants, rounds, args.warmup, 'infer_step', record_infer)
     if args.inference_only:
         return
     print('measuring peak memory (one more train step each)...', flush=True)
-    for runner in runners:
-        runner.peak_mib = memory.measure(runner.train_step)
+    for variant in variants:
+        variant.peak_mib = memory.measure(variant.train_step)
 
 
 if __name__ == '__main__':

@@ -9,7 +9,6 @@
 Every step is one of the repository's tools, run as a user would run it, so their progress shows.
 """
 import argparse
-import os
 import os.path as osp
 import subprocess
 import sys

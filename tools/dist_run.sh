@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Usage: tools/dist_run.sh SCRIPT NPROC ARGS...   (what dist_train.sh and dist_test.sh call)
 # Runs tools/SCRIPT in NPROC processes per node with torchrun. Multi-node: NNODES, NODE_RANK, MASTER_ADDR
-# and PORT as for torchrun. Without CUDA the processes use gloo (tools/launch.py).
+# and PORT as for torchrun. Without CUDA the processes use gloo (mambaout_tools/launch.py).
 set -euo pipefail
 SCRIPT=$1
 NPROC=$2

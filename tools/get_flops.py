@@ -26,17 +26,15 @@ weights are not loaded (``init_cfg=None``: nothing is downloaded; weights do not
 SyncBN is reverted to BN (no process group on CPU).
 """
 import argparse
-import importlib
 import logging
-import os.path as osp
 import sys
 
 import torch
 from mmengine.analysis import get_model_complexity_info
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.logging import MMLogger
-from mmengine.model import revert_sync_batchnorm
-from mmengine.registry import init_default_scope
+
+from mambaout_tools.models import build_model, load_config, synthetic_batch
 
 # The paper's convention: (H, W) of the single input image, per OpenMMLab scope.
 DEFAULT_SHAPES = {'mmdet': (800, 1280), 'mmseg': (512, 2048)}
@@ -60,52 +58,13 @@ def parse_args(argv=None):
     return args
 
 
-def load_config(path, cfg_options=None) -> Config:
-    if not osp.isfile(path):
-        raise SystemExit(f'error: config file not found: {path}')
-    cfg = Config.fromfile(path)  # imports the plugin through the config's custom_imports
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    scope = cfg.get('default_scope')
-    if scope not in DEFAULT_SHAPES:
-        raise SystemExit(f'error: {path} has default_scope={scope!r}; only mmdet and mmseg configs are supported')
-    return cfg
-
-
-def build_model(cfg: Config) -> torch.nn.Module:
-    """The model of the config, randomly initialised (no checkpoint is read), BN instead of SyncBN, eval mode."""
-    init_default_scope(cfg.default_scope)
-    models = importlib.import_module(f'{cfg.default_scope}.registry').MODELS
-    if cfg.model.get('backbone') is not None:
-        cfg.model.backbone.init_cfg = None
-    if 'pretrained' in cfg.model:
-        cfg.model.pretrained = None
-    model = models.build(cfg.model)
-    model = revert_sync_batchnorm(model)
-    return model.eval()
-
-
-def make_batch(scope: str, shape):
-    """One random uint8 image of size H x W with the meta-information a test pipeline would give it."""
-    h, w = shape
-    image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8)
-    meta = dict(ori_shape=(h, w), img_shape=(h, w), pad_shape=(h, w), scale_factor=(1.0, 1.0))
-    if scope == 'mmdet':
-        from mmdet.structures import DetDataSample
-        sample = DetDataSample(metainfo=meta)
-    else:
-        from mmseg.structures import SegDataSample
-        sample = SegDataSample(metainfo=meta)
-    return dict(inputs=[image], data_samples=[sample])
-
-
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
 def complexity(model: torch.nn.Module, scope: str, shape, verbose: bool = False) -> dict:
     """Trace ``model._forward`` on one ``shape`` image and count; returns a dict of numbers (not strings)."""
-    data = model.data_preprocessor(make_batch(scope, shape), False)
+    data = model.data_preprocessor(synthetic_batch(scope, [shape]), False)
     inputs, samples = data['inputs'], data['data_samples']
     result = dict(input_shape=tuple(inputs.shape[-2:]))
 
@@ -144,10 +103,13 @@ def complexity(model: torch.nn.Module, scope: str, shape, verbose: bool = False)
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_config(args.config, args.cfg_options)
+    try:
+        cfg = load_config(args.config, args.cfg_options)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f'error: {err}') from None
     scope = cfg.default_scope
     shape = args.shape or DEFAULT_SHAPES[scope]
-    model = build_model(cfg)
+    model = build_model(cfg).eval()
     res = complexity(model, scope, shape, verbose=args.verbose)
 
     h, w = shape

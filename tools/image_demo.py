@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from mmengine.config import Config
 
-from launch import RUNNER_STATE_GLOBALS
+from mambaout_tools.launch import RUNNER_STATE_GLOBALS
 
 LEGEND_ROW, SWATCH, MARGIN = 22, 16, 8  # pixels
 FONT, FONT_SCALE = cv2.FONT_HERSHEY_SIMPLEX, 0.5

@@ -4,7 +4,7 @@
     tools/dist_test.sh configs/upernet_mambaout_t_160k_ade20k_512.py CKPT 4 --tta   # multi-scale + flip
 
 The metrics are also written to WORK_DIR/test_metrics.json (test_metrics_tta.json with --tta), which
-tools/results_table.py reads. See tools/launch.py for why this script is ours and not mmdet's/mmseg's.
+tools/results_table.py reads. See mambaout_tools/launch.py for why this script is ours and not mmdet's/mmseg's.
 """
 import argparse
 import json
@@ -12,8 +12,8 @@ import os.path as osp
 
 from mmengine.dist import is_main_process
 
-from data_check import check_datasets
-from launch import add_common_args, build_runner, load_config
+from mambaout_tools.data_check import check_datasets
+from mambaout_tools.launch import add_common_args, build_runner, load_config
 
 
 def parse_args(argv=None):

@@ -3,12 +3,12 @@
     python tools/train.py configs/mask_rcnn_mambaout_t_1x.py [--work-dir DIR] [--resume [CKPT]] [--amp]
     tools/dist_train.sh configs/upernet_mambaout_t_160k_ade20k_512.py 4
 
-The flags are those of mmdet's and mmseg's tools/train.py; see tools/launch.py for why this is ours.
+The flags are those of mmdet's and mmseg's tools/train.py; see mambaout_tools/launch.py for why this is ours.
 """
 import argparse
 
-from data_check import check_datasets
-from launch import add_common_args, build_runner, load_config
+from mambaout_tools.data_check import check_datasets
+from mambaout_tools.launch import add_common_args, build_runner, load_config
 
 
 def parse_args(argv=None):

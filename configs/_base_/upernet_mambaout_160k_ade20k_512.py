@@ -3,7 +3,7 @@
 # (random resize 0.5-2.0 of 2048x512, crop, flip, photometric distortion) and mIoU evaluation.
 _base_ = [
     'mmseg::_base_/models/upernet_r50.py', 'mmseg::_base_/datasets/ade20k.py',
-    'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_160k.py'
+    'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_160k.py', './mambaout_recipe.py'
 ]
 custom_imports = dict(imports=['mmseg_plugin'], allow_failed_imports=False)
 
@@ -11,16 +11,7 @@ crop_size = (512, 512)
 model = dict(
     data_preprocessor=dict(size=crop_size),
     pretrained=None,
-    backbone=dict(
-        _delete_=True,
-        type='MambaOut',
-        arch='tiny',
-        out_indices=(0, 1, 2, 3),
-        with_output_norm=True,  # a LayerNorm on each stage output
-        drop_path_rate=0.3,
-        init_cfg=dict(
-            type='Pretrained',
-            checkpoint='https://github.com/yuweihao/MambaOut/releases/download/model/mambaout_tiny.pth')),
+    backbone=_base_.mambaout_backbone,
     decode_head=dict(in_channels=[96, 192, 384, 576], num_classes=150),
     auxiliary_head=dict(in_channels=384, num_classes=150))
 
@@ -45,14 +36,8 @@ tta_pipeline = [
 train_dataloader = dict(batch_size=4)
 auto_scale_lr = dict(enable=True, base_batch_size=16)
 
-# AdamW lr 1e-4, no weight decay on norms and biases, no layer-wise lr decay; FP16 with a dynamic
-# loss scale. Linear warm-up for 1500 iterations, then poly decay to 0.
-optim_wrapper = dict(
-    _delete_=True,
-    type='AmpOptimWrapper',
-    loss_scale='dynamic',
-    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(norm_decay_mult=0., bias_decay_mult=0.))
+# The shared optimizer (mambaout_recipe.py); linear warm-up for 1500 iterations, then poly decay to 0.
+optim_wrapper = _base_.mambaout_optim_wrapper
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
     dict(type='PolyLR', eta_min=0.0, power=1.0, by_epoch=False, begin=1500, end=160000),

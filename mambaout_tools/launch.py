@@ -18,6 +18,8 @@ from mmengine.logging import HistoryBuffer
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from mambaout_tools import models
+
 
 def add_common_args(parser):
     parser.add_argument('config', help='config file (mmdet or mmseg)')
@@ -29,11 +31,12 @@ def add_common_args(parser):
 
 
 def load_config(args) -> Config:
-    if not osp.isfile(args.config):
-        raise SystemExit(f'error: config file not found: {args.config}')
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    """The config of ``args`` (see :func:`add_common_args`) set up for the Runner; a missing or non-mm* config
+    file stops the tool with one ``error:`` line."""
+    try:
+        cfg = models.load_config(args.config, args.cfg_options)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f'error: {err}') from None
     cfg.launcher = args.launcher
     if args.work_dir:
         cfg.work_dir = args.work_dir
