@@ -18,9 +18,8 @@ import cv2
 import mmcv
 import numpy as np
 import torch
-from mmengine.config import Config
-
 from mambaout_tools.launch import RUNNER_STATE_GLOBALS
+from mambaout_tools.models import load_config
 
 LEGEND_ROW, SWATCH, MARGIN = 22, 16, 8  # pixels
 FONT, FONT_SCALE = cv2.FONT_HERSHEY_SIMPLEX, 0.5
@@ -99,7 +98,11 @@ def main(argv=None):
     for path, what in ((args.image, 'image'), (args.config, 'config'), (args.checkpoint, 'checkpoint')):
         if not osp.isfile(path):
             raise SystemExit(f'error: {what} not found: {path}')
-    inferencer = build_inferencer(Config.fromfile(args.config), args.checkpoint, args.device)
+    try:
+        cfg = load_config(args.config)
+    except ValueError as err:  # not an mmdet/mmseg config
+        raise SystemExit(f'error: {err}') from None
+    inferencer = build_inferencer(cfg, args.checkpoint, args.device)
     picture, entries = predict(inferencer, args.image, args.score_thr, args.opacity)
     empty_note = (f'no object scores {args.score_thr} or more' if inferencer.cfg.default_scope == 'mmdet'
                   else 'no class predicted')
