@@ -17,6 +17,10 @@ SIZES = {'t': ('tiny', 0.3, [96, 192, 384, 576]), 's': ('small', 0.3, [96, 192, 
          'b': ('base', 0.6, [128, 256, 512, 768])}
 PAPER_DET = {s: f'mask_rcnn_mambaout_{s}_1x.py' for s in SIZES}
 PAPER_SEG = {s: f'upernet_mambaout_{s}_160k_ade20k_512.py' for s in SIZES}
+# issue 13: the peers' 3x recipes (Swin's and ConvNeXt's), no MambaOut paper numbers
+LONG_DET = {(task, s): f'{task}_mambaout_{s}_3x_ms.py' for task in ('mask_rcnn', 'cascade_mask_rcnn') for s in SIZES}
+# DETR-style multi-scale training of mmdet's Swin/ConvNeXt 3x configs: shorter side 480, 512, ..., 800
+MULTI_SCALE = [(short, 1333) for short in range(480, 801, 32)]
 
 
 def load(name):
@@ -25,7 +29,7 @@ def load(name):
 
 def test_all_paper_configs_exist():
     names = {os.path.relpath(p, os.path.join(ROOT, 'configs')) for p in CONFIGS}
-    assert set(PAPER_DET.values()) | set(PAPER_SEG.values()) <= names
+    assert set(PAPER_DET.values()) | set(PAPER_SEG.values()) | set(LONG_DET.values()) <= names
     assert {'toy/mask_rcnn_mambaout_toy.py', 'toy/upernet_mambaout_toy.py'} <= names
 
 
@@ -34,6 +38,10 @@ def test_config_builds_and_computes_a_loss(path):
     cfg = load_config(path)
     if cfg.default_scope == 'mmseg':
         cfg.model.data_preprocessor.size = (128, 128)
+    rcnn = cfg.model.get('train_cfg', {}).get('rcnn') or []  # a list of stages for Cascade R-CNN
+    for stage in rcnn if isinstance(rcnn, list) else [rcnn]:
+        # 64 RoIs per image instead of 512: the same heads, a fifth of the time (Cascade's 4conv1fc heads)
+        stage.sampler.num = 64
     model = build_model(cfg)  # random weights: nothing is downloaded in tests
     model.init_weights()
     model.train()
@@ -60,18 +68,21 @@ def check_paper_backbone(backbone, size):
     return dims
 
 
+def check_paper_optimizer(optim):
+    """AdamW 1e-4, wd 0.05, none on norms/biases, no layer-wise decay; FP16 with a dynamic loss scale."""
+    assert optim.type == 'AmpOptimWrapper' and optim.loss_scale == 'dynamic'
+    assert optim.optimizer == dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05)
+    assert optim.paramwise_cfg == dict(norm_decay_mult=0., bias_decay_mult=0.)
+    assert 'constructor' not in optim
+
+
 @pytest.mark.parametrize('size', SIZES)
 def test_detection_recipe(size):
     cfg = load(PAPER_DET[size])
     dims = check_paper_backbone(cfg.model.backbone, size)
     assert cfg.model.neck.in_channels == dims and cfg.model.type == 'MaskRCNN'
     assert cfg.custom_imports == dict(imports=['mmdet_plugin'], allow_failed_imports=False)
-    # optimizer: AdamW 1e-4, wd 0.05, none on norms/biases, no layer-wise decay; FP16 dynamic loss scale
-    optim = cfg.optim_wrapper
-    assert optim.type == 'AmpOptimWrapper' and optim.loss_scale == 'dynamic'
-    assert optim.optimizer == dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05)
-    assert optim.paramwise_cfg == dict(norm_decay_mult=0., bias_decay_mult=0.)
-    assert 'constructor' not in optim
+    check_paper_optimizer(cfg.optim_wrapper)
     # 1x: 12 epochs, steps at 8 and 11, linear warm-up
     assert cfg.train_cfg.max_epochs == 12
     warmup, steps = cfg.param_scheduler
@@ -89,6 +100,48 @@ def test_detection_recipe(size):
     assert cfg.val_evaluator.type == 'CocoMetric' and cfg.val_evaluator.metric == ['bbox', 'segm']
 
 
+@pytest.mark.parametrize('task, size', LONG_DET)
+def test_3x_multi_scale_recipes(task, size):
+    cfg = load(LONG_DET[task, size])
+    dims = check_paper_backbone(cfg.model.backbone, size)  # the same backbone as the 1x config
+    assert cfg.model.neck.in_channels == dims
+    assert cfg.custom_imports == dict(imports=['mmdet_plugin'], allow_failed_imports=False)
+    check_paper_optimizer(cfg.optim_wrapper)
+    # 3x: 36 epochs, steps at 27 and 33, 1000-iteration linear warm-up
+    assert cfg.train_cfg.max_epochs == 36
+    warmup, steps = cfg.param_scheduler
+    assert warmup.type == 'LinearLR' and not warmup.by_epoch and warmup.end == 1000
+    assert steps.type == 'MultiStepLR' and steps.milestones == [27, 33] and steps.gamma == 0.1 and steps.end == 36
+    # batch 16 = 8 GPUs x 2
+    assert cfg.train_dataloader.batch_size == 2
+    assert cfg.auto_scale_lr == dict(enable=True, base_batch_size=16)
+    # flip, then shorter side 480-800 (long side <= 1333), or 400-600 + a 384-600 crop + 480-800
+    pipeline = cfg.train_dataloader.dataset.pipeline
+    assert _types(pipeline) == ['LoadImageFromFile', 'LoadAnnotations', 'RandomFlip', 'RandomChoice', 'PackDetInputs']
+    assert pipeline[2].prob == 0.5
+    resize_only, resize_crop_resize = pipeline[3].transforms
+    assert _types(resize_only) == ['RandomChoiceResize'] and resize_only[0].keep_ratio
+    assert [tuple(scale) for scale in resize_only[0].scales] == MULTI_SCALE
+    assert _types(resize_crop_resize) == ['RandomChoiceResize', 'RandomCrop', 'RandomChoiceResize']
+    assert [tuple(scale) for scale in resize_crop_resize[0].scales] == [(400, 1333), (500, 1333), (600, 1333)]
+    crop = resize_crop_resize[1]
+    assert crop.crop_type == 'absolute_range' and tuple(crop.crop_size) == (384, 600)
+    assert [tuple(scale) for scale in resize_crop_resize[2].scales] == MULTI_SCALE
+    assert cfg.train_dataloader.dataset.data_root == 'data/coco/'
+    assert cfg.val_evaluator.type == 'CocoMetric' and cfg.val_evaluator.metric == ['bbox', 'segm']
+    if task == 'mask_rcnn':
+        assert cfg.model.type == 'MaskRCNN'
+        return
+    # Cascade: three stages of 4conv1fc box heads regressing decoded boxes with a GIoU loss
+    assert cfg.model.type == 'CascadeRCNN' and cfg.model.roi_head.num_stages == 3
+    heads = cfg.model.roi_head.bbox_head
+    assert len(heads) == 3
+    for head in heads:
+        assert head.type == 'ConvFCBBoxHead' and (head.num_shared_convs, head.num_shared_fcs) == (4, 1)
+        assert head.loss_bbox == dict(type='GIoULoss', loss_weight=10.0) and head.reg_decoded_bbox
+        assert head.norm_cfg.type == 'SyncBN'
+
+
 @pytest.mark.parametrize('size', SIZES)
 def test_segmentation_recipe(size):
     cfg = load(PAPER_SEG[size])
@@ -98,10 +151,7 @@ def test_segmentation_recipe(size):
     assert cfg.model.decode_head.type == 'UPerHead' and cfg.model.decode_head.in_channels == dims
     assert cfg.model.auxiliary_head.type == 'FCNHead' and cfg.model.auxiliary_head.in_channels == dims[2]
     assert cfg.model.decode_head.num_classes == 150
-    optim = cfg.optim_wrapper
-    assert optim.type == 'AmpOptimWrapper' and optim.loss_scale == 'dynamic'
-    assert optim.optimizer == dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05)
-    assert optim.paramwise_cfg == dict(norm_decay_mult=0., bias_decay_mult=0.)
+    check_paper_optimizer(cfg.optim_wrapper)
     # 160k iterations: 1500-iteration linear warm-up, then poly decay
     assert cfg.train_cfg.type == 'IterBasedTrainLoop' and cfg.train_cfg.max_iters == 160000
     warmup, poly = cfg.param_scheduler

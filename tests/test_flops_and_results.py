@@ -20,6 +20,7 @@ from tools.make_toy_data import make_toy_data
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, 'tools')
 DET_CONFIG = os.path.join(ROOT, 'configs', 'mask_rcnn_mambaout_t_1x.py')
+CASCADE_CONFIG = os.path.join(ROOT, 'configs', 'cascade_mask_rcnn_mambaout_t_3x_ms.py')
 SEG_CONFIG = os.path.join(ROOT, 'configs', 'upernet_mambaout_t_160k_ade20k_512.py')
 TOY_DET = os.path.join(ROOT, 'configs', 'toy', 'mask_rcnn_mambaout_toy.py')
 TOY_SEG = os.path.join(ROOT, 'configs', 'toy', 'upernet_mambaout_toy.py')
@@ -68,6 +69,8 @@ def jobs(tmp_path_factory):
     futures['test_seg_tta'] = pool.submit(
         _run, [test, TOY_SEG, seg_ckpt, '--work-dir', seg_wd, '--tta', *seg_opts], str(root))
     futures['flops_seg'] = pool.submit(_run, [os.path.join(TOOLS, 'get_flops.py'), SEG_CONFIG, '--shape', *SHAPE])
+    futures['flops_cascade'] = pool.submit(
+        _run, [os.path.join(TOOLS, 'get_flops.py'), CASCADE_CONFIG, '--shape', *SHAPE])
     yield dict(futures=futures, det_wd=det_wd, seg_wd=seg_wd, root=root)
     pool.shutdown(wait=True, cancel_futures=True)
 
@@ -91,7 +94,8 @@ def _model_parameters(config):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('key, config', [('flops_det', DET_CONFIG), ('flops_seg', SEG_CONFIG)])
+@pytest.mark.parametrize('key, config', [('flops_det', DET_CONFIG), ('flops_seg', SEG_CONFIG),
+                                         ('flops_cascade', CASCADE_CONFIG)])
 def test_get_flops_paper_config_small_shape(jobs, key, config):
     out = _parse_flops(_check(jobs['futures'][key].result()).stdout)
     assert out['shape'] == (256, 256)
@@ -110,6 +114,24 @@ def test_get_flops_backbone_params_of_mask_rcnn_tiny_full_size(jobs):
     out = _parse_flops(_check(jobs['futures']['flops_det'].result()).stdout)
     assert abs(out['backbone_m'] - 22.9) <= 0.1  # MambaOut-T with its 4 output norms (README)
     assert abs(out['params_m'] - 43.1) <= 0.1  # the paper's "43 M"
+
+
+@pytest.mark.slow
+def test_get_flops_cascade_mask_heads_on_100_proposals_as_published(jobs):
+    """Swin's and ConvNeXt's Cascade FLOPs count each stage's mask head on 100 proposals (mmdet 2.x); mmdet 3.x's
+    _forward would run them on all of them."""
+    stdout = _check(jobs['futures']['flops_cascade'].result()).stdout
+    match = re.search(r'^RoI heads on\s+(\d+) proposals \(mask head in each of 3 stages on the first 100\)',
+                      stdout, re.M)
+    assert match, stdout
+    proposals = int(match.group(1))
+    assert proposals >= 500  # enough for the mask heads' share to show
+    cascade = _parse_flops(stdout)['flops_g']
+    mask_rcnn = _parse_flops(_check(jobs['futures']['flops_det'].result()).stdout)['flops_g']
+    # Same backbone, FPN and RPN: the difference is the RoI heads. Mask heads on every proposal would add at
+    # least their four 3x3 convs (256 channels, 14x14) on proposals - 100 more RoIs in each of 3 stages.
+    all_proposals_masks = 3 * (proposals - 100) * 4 * 256 * 256 * 9 * 14 * 14 / 1e9
+    assert 0 < cascade - mask_rcnn < all_proposals_masks
 
 
 def test_get_flops_rejects_a_missing_config(tmp_path):
@@ -198,3 +220,73 @@ def test_results_table_errors_name_the_files_looked_for(tmp_path):
 
     proc = _run([os.path.join(TOOLS, 'results_table.py'), str(tmp_path / 'missing')])
     assert proc.returncode != 0 and 'does not exist' in proc.stderr and 'missing' in proc.stderr
+
+
+def _peer_table(stdout):
+    """{first cell: cells} of the table of 3x runs beside their published peers, and its footnotes."""
+    lines = stdout.split('the same recipes with Swin and ConvNeXt')[1].splitlines()
+    rows = {}
+    for line in lines:
+        cells = [c.strip() for c in line.split('|')]
+        if len(cells) == 7 and cells[0] != 'config / peer':
+            rows.setdefault(cells[0], []).append(cells[1:])
+    notes = [line for line in lines if line.startswith('[')]
+    return rows, notes
+
+
+def test_results_table_puts_3x_runs_beside_swin_and_convnext(tmp_path, capsys):
+    cascade, mask_b = tmp_path / 'cascade_t', tmp_path / 'mask_b'
+    _write(cascade / 'test_metrics.json', dict(config='/x/cascade_mask_rcnn_mambaout_t_3x_ms.py', metrics={
+        'coco/bbox_mAP': 0.501, 'coco/segm_mAP': 0.436}))
+    _write(mask_b / 'test_metrics.json', dict(config='/x/mask_rcnn_mambaout_b_3x_ms.py', metrics={
+        'coco/bbox_mAP': 0.481, 'coco/segm_mAP': 0.431}))
+    assert results_table.main([str(cascade), str(mask_b)]) == 0
+    out = capsys.readouterr().out
+    main = _rows(out)
+    # no MambaOut paper number for the 3x recipes
+    assert main['cascade_mask_rcnn_mambaout_t_3x_ms'][1:7] == ['50.10', '-', '', '43.60', '-', '']
+    peers, notes = _peer_table(out)
+    run, = peers['cascade_mask_rcnn_mambaout_t_3x_ms']
+    params, flops = results_table.MAMBAOUT_COMPLEXITY['cascade_mask_rcnn_mambaout_t_3x_ms']
+    assert run[:5] == ['Cascade Mask R-CNN 3x', f'{params:.1f}', f'{flops:.1f}', '50.10', '43.60']
+    # the authors' tables: Swin [1] and ConvNeXt [2]; mmdet's own run of the inherited config [3]
+    assert peers['Swin-T'] == [['Cascade Mask R-CNN 3x', '86', '745', '50.4', '43.7', '[1]']]
+    assert peers['ConvNeXt-T'] == [['Cascade Mask R-CNN 3x', '86', '741', '50.4', '43.7', '[2]']]
+    assert peers['ConvNeXt-T (mmdet)'] == [['Cascade Mask R-CNN 3x', '', '', '50.3', '43.6', '[3]']]
+    assert 'Swin-Transformer-Object-Detection' in notes[0] and 'facebookresearch/ConvNeXt' in notes[1]
+    assert 'metafile.yml' in notes[2]
+    # Mask R-CNN 3x with Swin-B / ConvNeXt-B was never published: empty cells and a footnote saying so
+    assert peers['mask_rcnn_mambaout_b_3x_ms'][0][3:5] == ['48.10', '43.10']
+    assert peers['Swin-B'] == peers['ConvNeXt-B'] == [['Mask R-CNN 3x', '', '', '', '', '[4]']]
+    assert notes[3].startswith('[4] not published')
+    assert len(notes) == 4
+
+
+def test_results_table_without_3x_runs_prints_no_peer_table(tmp_path, capsys):
+    det = tmp_path / 'det'
+    _write(det / 'test_metrics.json', dict(config='/x/mask_rcnn_mambaout_t_1x.py', metrics={'coco/bbox_mAP': 0.45}))
+    assert results_table.main([str(det)]) == 0
+    assert 'Swin' not in capsys.readouterr().out
+
+
+def test_published_mmdet_numbers_are_those_of_the_installed_metafiles():
+    """Every 36-epoch Swin/ConvNeXt Mask R-CNN and Cascade result in mmdet's metafiles (the amp configs ours
+    inherit) is a PEERS row with its box and mask AP, and no other 'mmdet' row exists."""
+    import mmdet
+    import yaml
+    configs = os.path.join(os.path.dirname(mmdet.__file__), '.mim', 'configs')
+    expected = set()
+    for family, name in (('swin', 'Swin'), ('convnext', 'ConvNeXt')):
+        with open(os.path.join(configs, family, 'metafile.yml')) as f:
+            models = yaml.safe_load(f)['Models']
+        for model in models:
+            match = re.match(rf'^(mask-rcnn|cascade-mask-rcnn)_{family}-([tsb])-p4-w7_fpn_.*amp-ms-crop-3x_coco$',
+                             model['Name'])
+            if match is None or model['Metadata']['Epochs'] != 36:
+                continue
+            aps = {r['Task']: next(iter(r['Metrics'].values())) for r in model['Results']}
+            expected.add((match.group(1).replace('-', '_'), match.group(2), f'{name}-{match.group(2).upper()}',
+                          aps['Object Detection'], aps['Instance Segmentation']))
+    listed = {(recipe, size, p.backbone, p.box_ap, p.mask_ap) for recipe, sizes in results_table.PEERS.items()
+              for size, peers in sizes.items() for p in peers if p.source == 'mmdet'}
+    assert len(expected) == 5 and listed == expected

@@ -17,6 +17,9 @@ matmuls, norms, upsampling and adaptive pooling are counted; element-wise ops (a
 product, residual additions), NMS and mmcv's compiled ops (RoIAlign) are not. For a two-stage detector
 the RoI heads run, as in mmdet's ``_forward``, on the RPN's test-time proposals (``test_cfg.rpn.max_per_img``,
 1000 for Mask R-CNN; the count actually reached is printed) and the mask head on the first 100 of them.
+Cascade Mask R-CNN: mmdet 3.x's ``_forward`` runs each stage's mask head on every proposal; here, as in
+mmdet 2.x's ``forward_dummy`` with which Swin and ConvNeXt counted their published FLOPs, on the first 100
+(otherwise a MambaOut-T Cascade would count 2172 G instead of 742 G).
 A segmentor's ``_forward`` runs the decode head only (no auxiliary head, no resize to the input size).
 
 Why ours: mmdet's and mmseg's scripts each serve their own library only (this serves every config
@@ -38,6 +41,8 @@ from mambaout_tools.models import build_model, load_config, synthetic_batch
 
 # The paper's convention: (H, W) of the single input image, per OpenMMLab scope.
 DEFAULT_SHAPES = {'mmdet': (800, 1280), 'mmseg': (512, 2048)}
+# How many proposals the mask heads see (mmdet's StandardRoIHead._forward and 2.x's forward_dummy).
+MASK_ROIS = 100
 
 
 def parse_args(argv=None):
@@ -62,6 +67,14 @@ def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def _cascade_mask_forward_of_every_proposal(roi_head) -> bool:
+    """Whether ``roi_head`` is mmdet's Cascade RoI head with masks, whose ``_mask_forward(stage, x, rois)`` is
+    not overridden (HTC's and SCNet's are, with other arguments)."""
+    from mmdet.models.roi_heads import CascadeRoIHead
+    return (isinstance(roi_head, CascadeRoIHead) and roi_head.with_mask
+            and type(roi_head)._mask_forward is CascadeRoIHead._mask_forward)
+
+
 def complexity(model: torch.nn.Module, scope: str, shape, verbose: bool = False) -> dict:
     """Trace ``model._forward`` on one ``shape`` image and count; returns a dict of numbers (not strings)."""
     data = model.data_preprocessor(synthetic_batch(scope, [shape]), False)
@@ -78,6 +91,20 @@ def complexity(model: torch.nn.Module, scope: str, shape, verbose: bool = False)
             return results
         rpn_head.predict = predict
 
+    mask_rois = []
+    roi_head = getattr(model, 'roi_head', None)
+    cascade = scope == 'mmdet' and _cascade_mask_forward_of_every_proposal(roi_head)
+    if cascade:
+        original_mask_forward = roi_head._mask_forward
+
+        def mask_forward(stage, x, rois):  # the first MASK_ROIS; zeros for the rest keep mmdet's merge working
+            results = original_mask_forward(stage, x, rois[:MASK_ROIS])
+            preds = results['mask_preds']
+            mask_rois.append(len(preds))
+            results['mask_preds'] = torch.cat([preds, preds.new_zeros((len(rois) - len(preds), *preds.shape[1:]))])
+            return results
+        roi_head._mask_forward = mask_forward
+
     original_forward = model.forward
     # tensor mode (BaseModel.forward's default) = _forward(inputs, data_samples)
     model.forward = lambda x: original_forward(x, samples, mode='tensor')
@@ -93,11 +120,15 @@ def complexity(model: torch.nn.Module, scope: str, shape, verbose: bool = False)
         model.forward = original_forward
         if rpn_head is not None:
             rpn_head.predict = original_predict
+        if cascade:
+            roi_head._mask_forward = original_mask_forward
 
     result.update(flops=int(info['flops']), params=int(info['params']), backbone_params=count_parameters(
         model.backbone))
     if num_proposals:
         result['num_proposals'] = num_proposals[-1]
+    if mask_rois:
+        result['mask_rois'] = mask_rois[-roi_head.num_stages:]  # the counter may run the model more than once
     return result
 
 
@@ -126,8 +157,9 @@ def main(argv=None):
               'is training-only)')
     print(f'FLOPs             {res["flops"] / 1e9:.1f} G  (1 multiply-add = 1 FLOP, mmengine counter)')
     if 'num_proposals' in res:
-        print(f'RoI heads on      {res["num_proposals"]} proposals (mask head on the first '
-              f'{min(100, res["num_proposals"])}); RoIAlign and NMS are not counted')
+        stages = f' in each of {len(res["mask_rois"])} stages' if 'mask_rois' in res else ''
+        print(f'RoI heads on      {res["num_proposals"]} proposals (mask head{stages} on the first '
+              f'{min(MASK_ROIS, res["num_proposals"])}); RoIAlign and NMS are not counted')
     if scope == 'mmseg':
         print('                  decode head only (the auxiliary head does not run at inference)')
     print('=' * 60)

@@ -16,12 +16,20 @@ six paper configs; other configs (e.g. configs/toy/*) get ``-`` in the paper col
 reached minus paper. Several work dirs of the same config fill one row: a test_metrics file beats the
 scalars.json fallback, and otherwise a later work dir on the command line beats an earlier one.
 A work dir that does not exist or holds none of these files is an error (exit status 1).
+
+The MambaOut paper publishes no 3x or Cascade result, so the rows of configs/*_3x_ms.py have ``-`` in the
+paper columns; for them a second table follows: each such run beside the published results of Swin and
+ConvNeXt of the same size with the same recipe (params, FLOPs at 1280x800, box and mask AP on COCO
+val2017, and where each number comes from), the run's own params and FLOPs being what
+``tools/get_flops.py`` prints for its config.
 """
 import argparse
 import glob
 import json
 import os.path as osp
+import re
 import sys
+from typing import NamedTuple, Optional
 
 # Paper (MambaOut, CVPR 2025): COCO val2017 Mask R-CNN 1x (APb, APm), ADE20K val UperNet
 # 160k (mIoU single-scale, multi-scale).
@@ -33,6 +41,62 @@ PAPER = {
     'upernet_mambaout_s_160k_ade20k_512': dict(mIoU_SS=49.5, mIoU_MS=50.6),
     'upernet_mambaout_b_160k_ade20k_512': dict(mIoU_SS=49.6, mIoU_MS=51.0),
 }
+
+
+class Published(NamedTuple):
+    """A peer's published result for one recipe; None where its source gives no number."""
+    backbone: str
+    params_m: Optional[float]
+    flops_g: Optional[float]
+    box_ap: Optional[float]
+    mask_ap: Optional[float]
+    source: str  # a key of SOURCES
+
+
+SOURCES = {
+    'swin': 'Swin Transformer for Object Detection, the authors\' results table: https://github.com/SwinTransformer/'
+            'Swin-Transformer-Object-Detection/blob/ed8d4d8543436ef2344b32e4f7966beffad84355/README.md',
+    'convnext': 'ConvNeXt, the authors\' results table: https://github.com/facebookresearch/ConvNeXt/blob/'
+                '089ca24854ae6197fdded25688a289ba4492d01f/object_detection/README.md',
+    'mmdet': "mmdet 3.3's own training of the config ours inherits (mmdet/.mim/configs/{swin,convnext}/metafile.yml; "
+             'it gives no params or FLOPs)',
+    'none': 'not published: neither the authors\' tables nor mmdet\'s metafile have this backbone with this recipe',
+}
+
+# The recipes of configs/{mask_rcnn,cascade_mask_rcnn}_mambaout_{t,s,b}_3x_ms.py (ImageNet-1k weights, 36
+# epochs, multi-scale + crop training, COCO val2017), per backbone size.
+RECIPES = {'mask_rcnn': 'Mask R-CNN 3x', 'cascade_mask_rcnn': 'Cascade Mask R-CNN 3x'}
+PEERS = {
+    'mask_rcnn': {
+        't': [Published('Swin-T', 48, 267, 46.0, 41.6, 'swin'), Published('ConvNeXt-T', 48, 262, 46.2, 41.7, 'convnext'),
+              Published('Swin-T', None, None, 46.0, 41.7, 'mmdet'),
+              Published('ConvNeXt-T', None, None, 46.2, 41.7, 'mmdet')],
+        's': [Published('Swin-S', 69, 359, 48.5, 43.3, 'swin'), Published('ConvNeXt-S', None, None, None, None, 'none'),
+              Published('Swin-S', None, None, 48.2, 43.2, 'mmdet')],
+        'b': [Published('Swin-B', None, None, None, None, 'none'),
+              Published('ConvNeXt-B', None, None, None, None, 'none')],
+    },
+    'cascade_mask_rcnn': {
+        't': [Published('Swin-T', 86, 745, 50.4, 43.7, 'swin'), Published('ConvNeXt-T', 86, 741, 50.4, 43.7, 'convnext'),
+              Published('ConvNeXt-T', None, None, 50.3, 43.6, 'mmdet')],
+        's': [Published('Swin-S', 107, 838, 51.9, 45.0, 'swin'),
+              Published('ConvNeXt-S', 108, 827, 51.9, 45.0, 'convnext'),
+              Published('ConvNeXt-S', None, None, 51.8, 44.8, 'mmdet')],
+        'b': [Published('Swin-B', 145, 982, 51.9, 45.0, 'swin'),
+              Published('ConvNeXt-B', 146, 964, 52.7, 45.6, 'convnext')],
+    },
+}
+# What tools/get_flops.py prints for our configs (params M, FLOPs G at 1280x800); no AP is published.
+MAMBAOUT_COMPLEXITY = {
+    'mask_rcnn_mambaout_t_3x_ms': (43.1, 262.5),
+    'mask_rcnn_mambaout_s_3x_ms': (65.1, 353.8),
+    'mask_rcnn_mambaout_b_3x_ms': (99.7, 494.9),
+    'cascade_mask_rcnn_mambaout_t_3x_ms': (None, None),
+    'cascade_mask_rcnn_mambaout_s_3x_ms': (None, None),
+    'cascade_mask_rcnn_mambaout_b_3x_ms': (None, None),
+}
+RECIPE_CONFIG = re.compile(r'^(?P<recipe>mask_rcnn|cascade_mask_rcnn)_mambaout_(?P<size>[tsb])_3x_ms$')
+
 METRICS = ('APb', 'APm', 'mIoU_SS', 'mIoU_MS')
 TITLES = {'APb': 'APb', 'APm': 'APm', 'mIoU_SS': 'mIoU SS', 'mIoU_MS': 'mIoU MS'}
 DET, SEG = ('APb', 'APm'), ('mIoU_SS', 'mIoU_MS')
@@ -191,6 +255,34 @@ def table_rows(rows: dict):
     return header, body
 
 
+def _cell(value, digits) -> str:
+    return '' if value is None else _fmt(value, digits)
+
+
+def peer_rows(rows: dict):
+    """Header, string cells and the SOURCES keys cited ([1] is the first), for the rows of configs/*_3x_ms.py:
+    each run (its reached APb/APm, its params and FLOPs) followed by the published Swin and ConvNeXt results of
+    its recipe and size. No cells if there is no such row."""
+    header = ['config / peer', 'recipe', 'params (M)', 'FLOPs (G)', 'APb', 'APm', 'source']
+    body, cited = [], []
+    for config, values in rows.items():
+        match = RECIPE_CONFIG.match(config)
+        if match is None:
+            continue
+        recipe, size = match.group('recipe', 'size')
+        params, flops = MAMBAOUT_COMPLEXITY[config]
+        reached = ['' if m not in values else _fmt(values[m][0]) + ('*' if values[m][1] else '') for m in DET]
+        body.append([config, RECIPES[recipe], _cell(params, 1), _cell(flops, 1), *reached,
+                     'AP: this run; params, FLOPs: tools/get_flops.py'])
+        for peer in PEERS[recipe][size]:
+            if peer.source not in cited:
+                cited.append(peer.source)
+            name = peer.backbone + (' (mmdet)' if peer.source == 'mmdet' else '')
+            body.append([f'  {name}', RECIPES[recipe], _cell(peer.params_m, 0), _cell(peer.flops_g, 0),
+                         _cell(peer.box_ap, 1), _cell(peer.mask_ap, 1), f'[{cited.index(peer.source) + 1}]'])
+    return header, body, cited
+
+
 def render(header, body, fmt='plain') -> str:
     if fmt == 'markdown':
         lines = ['| ' + ' | '.join(header) + ' |',
@@ -219,6 +311,13 @@ def main(argv=None):
         return 1
     header, body = table_rows(rows)
     print(render(header, body, args.format))
+    peer_header, peer_body, sources = peer_rows(rows)
+    if peer_body:
+        print('\nNo published MambaOut result for the 3x recipes; the same recipes with Swin and ConvNeXt '
+              '(COCO val2017):')
+        print(render(peer_header, peer_body, args.format))
+        for number, key in enumerate(sources, 1):
+            print(f'[{number}] {SOURCES[key]}')
     if any(v[1] for values in rows.values() for v in values.values()):
         print('\n* last validation metrics in WORK_DIR/TIMESTAMP/vis_data/scalars.json (no test_metrics.json)')
     return 0
