@@ -19,7 +19,7 @@ the RoI heads run, as in mmdet's ``_forward``, on the RPN's test-time proposals 
 1000 for Mask R-CNN; the count actually reached is printed) and the mask head on the first 100 of them.
 Cascade Mask R-CNN: mmdet 3.x's ``_forward`` runs each stage's mask head on every proposal; here, as in
 mmdet 2.x's ``forward_dummy`` with which Swin and ConvNeXt counted their published FLOPs, on the first 100
-(otherwise a MambaOut-T Cascade would count 2172 G instead of 742 G).
+(otherwise a MambaOut-T Cascade would count 2172 G instead of 741 G).
 A segmentor's ``_forward`` runs the decode head only (no auxiliary head, no resize to the input size).
 
 Why ours: mmdet's and mmseg's scripts each serve their own library only (this serves every config

@@ -91,8 +91,8 @@ MAMBAOUT_COMPLEXITY = {
     'mask_rcnn_mambaout_t_3x_ms': (43.1, 262.5),
     'mask_rcnn_mambaout_s_3x_ms': (65.1, 353.8),
     'mask_rcnn_mambaout_b_3x_ms': (99.7, 494.9),
-    'cascade_mask_rcnn_mambaout_t_3x_ms': (None, None),
-    'cascade_mask_rcnn_mambaout_s_3x_ms': (None, None),
+    'cascade_mask_rcnn_mambaout_t_3x_ms': (81.0, 741.0),
+    'cascade_mask_rcnn_mambaout_s_3x_ms': (102.9, 832.4),
     'cascade_mask_rcnn_mambaout_b_3x_ms': (None, None),
 }
 RECIPE_CONFIG = re.compile(r'^(?P<recipe>mask_rcnn|cascade_mask_rcnn)_mambaout_(?P<size>[tsb])_3x_ms$')
