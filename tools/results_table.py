@@ -93,7 +93,7 @@ MAMBAOUT_COMPLEXITY = {
     'mask_rcnn_mambaout_b_3x_ms': (99.7, 494.9),
     'cascade_mask_rcnn_mambaout_t_3x_ms': (81.0, 741.0),
     'cascade_mask_rcnn_mambaout_s_3x_ms': (102.9, 832.4),
-    'cascade_mask_rcnn_mambaout_b_3x_ms': (None, None),
+    'cascade_mask_rcnn_mambaout_b_3x_ms': (137.5, 973.4),
 }
 RECIPE_CONFIG = re.compile(r'^(?P<recipe>mask_rcnn|cascade_mask_rcnn)_mambaout_(?P<size>[tsb])_3x_ms$')
 
