@@ -87,7 +87,7 @@ def _model_targets(model):
 def build_steps(dry_run: bool) -> List[Step]:
     """The report's steps: full sizes on CUDA, or (``dry_run``) the same commands on CPU at tiny sizes."""
     if dry_run:
-        bench_tiny = ['--device', 'cpu', '--iters', '2', '--warmup', '1']
+        bench_tiny = ['--device', 'cpu', '--iters', '1', '--warmup', '0']
         det_shape = seg_shape = ['--shape', '64', '96']
         runner_tiny = ['--iters', '2', '--batch-size', '2', '--shape', '64', '96']
         seg_batch = '2'

@@ -33,7 +33,7 @@ STACK_PACKAGES=(mmengine mmdet mmsegmentation timm addict yapf platformdirs term
 PLATFORMS=(manylinux2014_x86_64 manylinux_2_17_x86_64 manylinux_2_24_x86_64 manylinux_2_28_x86_64)
 
 usage() { sed -n '2,6p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; }
-die() { printf 'gpu_report.sh: error: %s\n' "$*" >&2; exit 2; }
+die() { printf 'gpu_report.sh: error: %s\n' "$*" | tee -a "${INSTALL_LOG:-/dev/null}" >&2; exit 2; }
 log() { printf '[gpu_report] %s\n' "$*" | tee -a "${INSTALL_LOG:-/dev/null}"; }
 # This machine's pip config may name local indexes that lack most packages; drop pip's warning for each.
 pip_quiet() { "$PY" -m pip --disable-pip-version-check -q "$@" 2> >(grep -v 'is ignored: it is neither a file' >&2); }
@@ -96,8 +96,11 @@ if [ "$dry_run" = 0 ] && [ "$cuda_available" != True ]; then
 fi
 
 # --- the packages: install what is missing from the wheel directory ----------------------------------------
+would_install=0
 do_or_say() {  # run "$@", or with --dry-run say what would run
-  if [ "$dry_run" = 1 ]; then log "dry run, would run: $*"; else log "running: $*"; "$@"; fi
+  local shown
+  shown="$(printf '%q ' "$@")"
+  if [ "$dry_run" = 1 ]; then log "dry run, would run: $shown"; would_install=1; else log "running: $shown"; "$@"; fi
 }
 need_wheels() {
   [ -n "$wheels" ] || die "$1: to install, but no wheel directory was given: pass --wheels DIR (made on a machine \
@@ -167,12 +170,17 @@ else
       log "dry run, would run: build_mmcv_wheel $PY $wheels/mmcv-2.1.0.tar.gz $wheels cuda"
       wheel="$wheels/mmcv-2.1.0-$py_tag-$py_tag-linux_x86_64.whl"
     else
-      wheel="$(build_mmcv_wheel "$PY" "$wheels/mmcv-2.1.0.tar.gz" "$wheels" cuda)"
+      wheel="$(build_mmcv_wheel "$PY" "$wheels/mmcv-2.1.0.tar.gz" "$wheels" cuda 2> >(tee -a "$INSTALL_LOG" >&2))" \
+        || die "building mmcv failed: its compiler output is in $INSTALL_LOG"
     fi
   fi
   do_or_say "$PY" -m pip install --disable-pip-version-check -q --no-index --no-deps --force-reinstall "$wheel"
 fi
 
+if [ "$would_install" = 1 ]; then
+  log "dry run: the stack is incomplete here and a dry run installs nothing; the steps need it (tools/install.sh)"
+  exit 1
+fi
 if [ "$dry_run" = 0 ]; then
   PYTHONPATH="$ROOT" "$PY" -c 'from backbones.stack import check_stack; check_stack("mmdet"); check_stack("mmseg")' \
     || die "the stack does not import after installing (see above)"

@@ -23,20 +23,26 @@ PY
 # TORCH_CUDA_ARCH_LIST says otherwise). MAX_JOBS (default: all cores) sets the compile jobs.
 build_mmcv_wheel() {
   local py="$1" sdist="$2" out_dir="$3" cuda="${4:-}"
-  local src std
+  local src std status=0
   src="$(mktemp -d)"
-  tar -xzf "$sdist" -C "$src"
-  std="$(mmcv_cxx_std "$py")"
-  if [ "$std" != c++17 ]; then
-    sed -i "s/-std=c++17/-std=$std/g" "$src"/mmcv-*/setup.py
+  tar -xzf "$sdist" -C "$src" || status=$?
+  std="$(mmcv_cxx_std "$py")" || status=$?
+  if [ "$status" = 0 ] && [ "$std" != c++17 ]; then
+    sed -i "s/-std=c++17/-std=$std/g" "$src"/mmcv-*/setup.py || status=$?
   fi
-  mkdir -p "$out_dir"
   local -a build_env=(MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}")
-  if [ "$cuda" = cuda ]; then
+  if [ "$status" = 0 ] && [ "$cuda" = cuda ]; then
     build_env+=(FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$("$py" -c \
       'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}")
   fi
-  env "${build_env[@]}" "$py" -m pip wheel -q --no-deps --no-build-isolation "$src"/mmcv-* -w "$out_dir" >&2
+  # Callers take the wheel's path from stdout (often inside $(...), where `set -e` does not reach): pip's output
+  # goes to stderr, and a failure is returned.
+  if [ "$status" = 0 ]; then
+    mkdir -p "$out_dir"
+    env "${build_env[@]}" "$py" -m pip wheel -q --no-deps --no-build-isolation "$src"/mmcv-* -w "$out_dir" >&2 \
+      || status=$?
+  fi
   rm -rf "$src"
+  [ "$status" = 0 ] || return "$status"
   ls "$out_dir"/mmcv-2.1.0-*.whl | head -n1
 }
