@@ -150,3 +150,14 @@ def test_runner_check_reports_a_diverging_loss(tmp_path, capsys):
     out = capsys.readouterr().out
     assert status == 1
     assert 'FAIL: iteration 1: non-finite loss' in out and 'decode.loss_ce=inf' in out
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--iters', '0'], '--iters must be >= 1, got 0'),
+    (['--shape', '16', '64'], '--shape must be >= 32, got 16 64'),
+    (['--batch-size', '0'], '--batch-size must be >= 1, got 0'),
+])
+def test_runner_check_refuses_bad_arguments(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        runner_check.parse_args([TOY_SEG, *args])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -18,7 +18,6 @@ import sys
 
 from mmengine.config import DictAction
 
-from mambaout_tools.cli import int_at_least
 from mambaout_tools.runner_check import run_check
 
 PROG = 'runner_check.py'
@@ -29,14 +28,18 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', help='an mmdet or mmseg config, e.g. configs/mask_rcnn_mambaout_t_1x.py')
-    parser.add_argument('--iters', type=int_at_least(1), default=30, help='training iterations (default 30)')
-    parser.add_argument('--batch-size', type=int_at_least(1), help='images per iteration (default: the config\'s)')
-    parser.add_argument('--shape', nargs=2, type=int_at_least(MIN_SIDE), metavar=('H', 'W'),
+    parser.add_argument('--iters', type=int, default=30, help='training iterations (default 30)')
+    parser.add_argument('--batch-size', type=int, help='images per iteration (default: the config\'s)')
+    parser.add_argument('--shape', nargs=2, type=int, metavar=('H', 'W'),
                         help=f'training input height and width, each >= {MIN_SIDE} (default: the config\'s)')
     parser.add_argument('--work-dir', help='logs of the Runner (default: work_dirs/runner_check/CONFIG_NAME)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config entries, e.g. optim_wrapper.optimizer.lr=1e-3')
     args = parser.parse_args(argv)
+    for option, value, minimum in (('--iters', [args.iters], 1), ('--batch-size', [args.batch_size], 1),
+                                   ('--shape', args.shape or [], MIN_SIDE)):
+        if any(v is not None and v < minimum for v in value):
+            parser.error(f'{option} must be >= {minimum}, got {" ".join(map(str, value))}')
     if not osp.isfile(args.config):
         parser.error(f'config file not found: {args.config}')
     args.work_dir = args.work_dir or osp.join('work_dirs', 'runner_check',
