@@ -40,7 +40,7 @@ def test_dry_run_writes_every_section_with_numbers(tmp_path):
     for index, step in enumerate(steps, 1):
         section = report.split(f'### {index}. {step.name}:')[1].split('\n### ')[0]
         assert step.command() in section
-        assert re.search(rf'^ok, \d+ s\.', section, re.MULTILINE), section[:2000]
+        assert re.search(r'^ok, \d+ s\.', section, re.MULTILINE), section[:2000]
         assert (tmp_path / 'logs' / f'{step.name}.log').is_file()
         if step.argv[0] == 'tools/benchmark.py':  # three variants measured, ratios printed
             for variant in ('MambaOut-tiny (ours)', 'timm mambaout_tiny wrapper', 'ConvNeXt (convnext_tiny)'):

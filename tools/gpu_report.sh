@@ -2,7 +2,7 @@
 # One command for the first CUDA machine that comes along: install what is missing of the stack from a wheel
 # directory (no internet needed), then measure everything the GPU targets need into OUT_DIR/report.md.
 #
-#   tools/gpu_report.sh [--dry-run] [--wheels DIR] [--steps NAME,...] [OUT_DIR]    (default OUT_DIR: work_dirs/gpu_report)
+#   tools/gpu_report.sh [--dry-run] [--wheels DIR] [--steps NAME,...] [OUT_DIR]   (default: work_dirs/gpu_report)
 #   tools/gpu_report.sh --download-wheels DIR [--python-version 3.12]             (on a machine with PyPI)
 #
 # The machine needs Python >= 3.10 with a CUDA torch (kept as it is: never reinstalled) and this repository.
@@ -59,11 +59,11 @@ while [ $# -gt 0 ]; do
   shift
 done
 
+specs=()
+for name in "${STACK_PACKAGES[@]}"; do specs+=("$(spec_of "$name")"); done
 if [ -n "$download" ]; then
   [[ "$python_version" =~ ^3\.[0-9]+$ ]] || die "--python-version must look like 3.12, got '$python_version'"
   mkdir -p "$download"
-  specs=()
-  for name in "${STACK_PACKAGES[@]}"; do specs+=("$(spec_of "$name")"); done
   platform_args=()
   for platform in "${PLATFORMS[@]}"; do platform_args+=(--platform "$platform"); done
   log "wheels for CPython $python_version into $download: ${specs[*]} $SETUPTOOLS_WITH_PKG_RESOURCES"
@@ -75,22 +75,23 @@ if [ -n "$download" ]; then
   exit 0
 fi
 
+[ -z "$wheels" ] || [ -d "$wheels" ] || die "--wheels $wheels: no such directory"
+[ -z "$wheels" ] || wheels="$(cd "$wheels" && pwd)"
 out_dir="${out_dir:-$ROOT/work_dirs/gpu_report}"
 mkdir -p "$out_dir"
 out_dir="$(cd "$out_dir" && pwd)"
 INSTALL_LOG="$out_dir/install.log"
 : > "$INSTALL_LOG"
-[ -z "$wheels" ] || [ -d "$wheels" ] || die "--wheels $wheels: no such directory"
-[ -z "$wheels" ] || wheels="$(cd "$wheels" && pwd)"
 
 # --- the interpreter: Python >= 3.10 with torch (CUDA unless --dry-run) -------------------------------------
 command -v "$PY" >/dev/null 2>&1 || die "$PY not found: set PYTHON=/path/to/python (>= 3.10, with torch)"
 "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
   || die "$PY is Python $("$PY" -c 'import platform; print(platform.python_version())'); the stack needs >= 3.10"
-torch_info="$("$PY" -c 'import torch; print(torch.__version__, torch.version.cuda, torch.cuda.is_available())' 2>/dev/null)" \
-  || die "$PY cannot import torch: install a CUDA torch first (this script never installs torch)"
+torch_info="$("$PY" -c 'import torch; print(torch.__version__, torch.version.cuda, torch.cuda.is_available())' \
+  2>/dev/null)" || die "$PY cannot import torch: install a CUDA torch first (this script never installs torch)"
 read -r torch_version torch_cuda cuda_available <<<"$torch_info"
-log "python: $PY ($("$PY" -c 'import platform; print(platform.python_version())')), torch $torch_version, CUDA $torch_cuda, GPU available: $cuda_available"
+python_found="$("$PY" -c 'import platform; print(platform.python_version())')"
+log "python: $PY ($python_found), torch $torch_version, CUDA $torch_cuda, GPU available: $cuda_available"
 if [ "$dry_run" = 0 ] && [ "$cuda_available" != True ]; then
   die "torch.cuda.is_available() is False with $PY: the report needs a CUDA GPU (or try --dry-run)"
 fi
@@ -100,15 +101,19 @@ would_install=0
 do_or_say() {  # run "$@", or with --dry-run say what would run
   local shown
   shown="$(printf '%q ' "$@")"
-  if [ "$dry_run" = 1 ]; then log "dry run, would run: $shown"; would_install=1; else log "running: $shown"; "$@"; fi
+  if [ "$dry_run" = 1 ]; then
+    log "dry run, would run: $shown"
+    would_install=1
+  else
+    log "running: $shown"
+    "$@"
+  fi
 }
 need_wheels() {
   [ -n "$wheels" ] || die "$1: to install, but no wheel directory was given: pass --wheels DIR (made on a machine \
-with PyPI by: tools/gpu_report.sh --download-wheels DIR --python-version $("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])'))"
+with PyPI by: tools/gpu_report.sh --download-wheels DIR --python-version ${python_found%.*})"
 }
 
-specs=()
-for name in "${STACK_PACKAGES[@]}"; do specs+=("$(spec_of "$name")"); done
 # shellcheck disable=SC2207
 missing=($("$PY" - "${specs[@]}" <<'PY'
 import importlib.metadata as metadata
@@ -128,7 +133,8 @@ if [ ${#missing[@]} -eq 0 ]; then
   log "packages: all of ${STACK_PACKAGES[*]} installed in the required versions: nothing to install"
 else
   need_wheels "${missing[*]}"
-  do_or_say "$PY" -m pip install --disable-pip-version-check -q --no-index --no-deps --find-links "$wheels" "${missing[@]}"
+  do_or_say "$PY" -m pip install --disable-pip-version-check -q --no-index --no-deps --find-links "$wheels" \
+    "${missing[@]}"
 fi
 
 if ! "$PY" -c 'import pkg_resources' 2>/dev/null; then

@@ -31,7 +31,8 @@ pip_install() {
 }
 
 # Everything that decides what gets installed; the stamp skips the whole script when none of it changed.
-want="$(cat "$ROOT/requirements.txt" "$ROOT/setup.py" "$ROOT/tools/install.sh" "$ROOT/tools/mmcv_build.sh" | sha256sum | cut -c1-16)"
+want="$(cat "$ROOT/requirements.txt" "$ROOT/setup.py" "$ROOT/tools/install.sh" "$ROOT/tools/mmcv_build.sh" \
+  | sha256sum | cut -c1-16)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$PY" -c 'import mmcv.ops, mmdet, mmseg, timm' 2>/dev/null; then
   exit 0
 fi
