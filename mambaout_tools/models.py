@@ -41,16 +41,22 @@ def models_registry(scope: str):
     return importlib.import_module(f'{scope}.registry').MODELS
 
 
+def drop_pretrained(model_cfg) -> None:
+    """Make a model config start from random weights, reading or downloading nothing: the backbone's
+    ``init_cfg`` and a model-level ``pretrained`` are dropped (in place)."""
+    if model_cfg.get('backbone') is not None:
+        model_cfg.backbone.init_cfg = None
+    if 'pretrained' in model_cfg:
+        model_cfg.pretrained = None
+
+
 def build_model(cfg: Config, backbone_only: bool = False, pretrained: bool = False) -> torch.nn.Module:
     """The config's model (or its backbone alone) with random weights, SyncBN turned into BN (no process group
     needed) and, unless ``pretrained``, the backbone's ``init_cfg`` dropped so that nothing is read or
     downloaded when ``init_weights`` runs."""
     model_cfg = copy.deepcopy(cfg.model)
     if not pretrained:
-        if model_cfg.get('backbone') is not None:
-            model_cfg.backbone.init_cfg = None
-        if 'pretrained' in model_cfg:
-            model_cfg.pretrained = None
+        drop_pretrained(model_cfg)
     registry = models_registry(cfg.default_scope)
     model = registry.build(model_cfg.backbone if backbone_only else model_cfg)
     return revert_sync_batchnorm(model)

@@ -4,7 +4,8 @@
 # Stack (DEVELOPERS.md): Python 3.11, torch 2.14.1 + torchvision 0.29.1, mmcv 2.1.0 with its compiled
 # ops, mmengine 0.10.7, mmdet 3.3.0, mmsegmentation 1.2.2, timm 1.0.x.  mmcv 2.1.0 ships only as an
 # sdist whose setup.py asks for -std=c++17 while torch 2.14's headers need C++20, so it is built here
-# with that one flag changed -- or taken from a prebuilt wheel in $MMCV_WHEEL_DIR (default ../shared/wheels).
+# with that one flag changed (tools/mmcv_build.sh) -- or taken from a prebuilt wheel in $MMCV_WHEEL_DIR
+# (default ../shared/wheels).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -13,6 +14,8 @@ PYTHON_BIN="${PYTHON_BIN:-python3.11}"
 MMCV_WHEEL_DIR="${MMCV_WHEEL_DIR:-$ROOT/../shared/wheels}"
 MMCV_BUILD_DIR="${MMCV_BUILD_DIR:-$HOME/.cache/mambaout-mmcv}"   # built wheel is kept here and reused
 STAMP="$VENV/.mambaout-installed"
+# shellcheck source=tools/mmcv_build.sh
+source "$ROOT/tools/mmcv_build.sh"
 
 log() { printf '[install] %s\n' "$*"; }
 
@@ -28,14 +31,15 @@ pip_install() {
 }
 
 # Everything that decides what gets installed; the stamp skips the whole script when none of it changed.
-want="$(cat "$ROOT/requirements.txt" "$ROOT/setup.py" "$ROOT/tools/install.sh" | sha256sum | cut -c1-16)"
+want="$(cat "$ROOT/requirements.txt" "$ROOT/setup.py" "$ROOT/tools/install.sh" "$ROOT/tools/mmcv_build.sh" \
+  | sha256sum | cut -c1-16)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$PY" -c 'import mmcv.ops, mmdet, mmseg, timm' 2>/dev/null; then
   exit 0
 fi
 
 log "torch 2.14.1 + torchvision 0.29.1"
 pip_install "torch==2.14.1" "torchvision==0.29.1"
-pip_install "setuptools>=77,<81" wheel ninja
+pip_install "$SETUPTOOLS_WITH_PKG_RESOURCES" wheel ninja
 
 if ! "$PY" -c 'import mmcv, mmcv.ops; assert mmcv.__version__ == "2.1.0"' 2>/dev/null; then
   if ls "$MMCV_WHEEL_DIR"/mmcv-2.1.0-cp311-*.whl >/dev/null 2>&1; then
@@ -47,13 +51,8 @@ if ! "$PY" -c 'import mmcv, mmcv.ops; assert mmcv.__version__ == "2.1.0"' 2>/dev
       log "building mmcv 2.1.0 with its ops from source (10-25 min on 2 cores)"
       src="$(mktemp -d)"
       "$PY" -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: "mmcv==2.1.0" -d "$src"
-      tar -xzf "$src"/mmcv-2.1.0.tar.gz -C "$src"
-      sed -i 's/-std=c++17/-std=c++20/g' "$src/mmcv-2.1.0/setup.py"
-      mkdir -p "$MMCV_BUILD_DIR"
-      MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
-        "$PY" -m pip wheel -q --no-deps --no-build-isolation "$src/mmcv-2.1.0" -w "$MMCV_BUILD_DIR"
+      wheel=$(build_mmcv_wheel "$PY" "$src"/mmcv-2.1.0.tar.gz "$MMCV_BUILD_DIR")
       rm -rf "$src"
-      wheel=$(ls "$MMCV_BUILD_DIR"/mmcv-2.1.0-*.whl | head -n1)
     fi
     pip_install "$wheel"
   fi
