@@ -184,10 +184,15 @@ def max_abs_differences(module: nn.Module, session, inputs: torch.Tensor,
     """The largest absolute difference between ONNX Runtime's and PyTorch's outputs on ``inputs``, per output.
 
     Raises:
+        RuntimeError: ONNX Runtime fails on ``inputs`` (e.g. a graph that kept a size of the example input).
         ValueError: an output of another shape (or count) than PyTorch's.
     """
     expected = run_pytorch(module, inputs)
-    got = run_onnxruntime(session, inputs)
+    try:
+        got = run_onnxruntime(session, inputs)
+    except Exception as err:  # onnxruntime's errors share no base class but Exception
+        raise RuntimeError(f'ONNX Runtime fails on an input of shape {tuple(inputs.shape)}: '
+                           f'{" ".join(str(err).split())[:300]}') from err
     if len(got) != len(expected):
         raise ValueError(f'ONNX Runtime gave {len(got)} outputs, PyTorch {len(expected)}')
     differences = {}

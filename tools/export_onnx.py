@@ -143,7 +143,10 @@ def main(argv=None):
           f'(mean/std, RGB); N, H, W dynamic')
     print(f'outputs      {", ".join(names)}')
     for inputs, shape in checks:
-        found = onnx_export.max_abs_differences(module, session, inputs, names)
+        try:
+            found = onnx_export.max_abs_differences(module, session, inputs, names)
+        except (RuntimeError, ValueError) as err:
+            raise SystemExit(f'error: {err}') from None
         differences.update({(name, shape, len(inputs)): value for name, value in found.items()})
         listed = ', '.join(f'{name} {value:.2e}' for name, value in found.items())
         print(f'max abs diff {len(inputs)}x3x{shape[0]}x{shape[1]}: {listed}')
