@@ -163,6 +163,13 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: str, output_name
             torch.onnx.export(exportable, (example, ), path, dynamo=False, dynamic_axes=axes, **options)
 
 
+def file_opset(path: str) -> int:
+    """The default-domain opset that the ONNX file ``path`` declares (what a runtime must support)."""
+    import onnx
+    model = onnx.load(path, load_external_data=False)
+    return next(entry.version for entry in model.opset_import if entry.domain in ('', 'ai.onnx'))
+
+
 def onnxruntime_session(path: str):
     """An ONNX Runtime CPU session on the file ``path``."""
     import onnxruntime

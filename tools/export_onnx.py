@@ -16,6 +16,9 @@ and then a batch of two images of another size with the same file; the tool prin
 difference of each output, and the median time per image of each (``--runs`` runs after one warm-up). It exits
 1 when a difference exceeds ``--atol`` (1e-4, for fp32), 2 on a bad argument. Random weights unless
 ``--checkpoint`` (a checkpoint of this config's model, as training writes them).
+
+Why ours: mmdet 3 and mmseg 1 ship no ONNX export (it moved to mmdeploy, whose 1.3.1 release does not run
+with torch 2.14), and neither checks a file against ONNX Runtime at a second size.
 """
 import argparse
 import os
@@ -136,7 +139,8 @@ def main(argv=None):
               (onnx_export.normalized_inputs(model, scope, args.second_shape, batch_size=2), args.second_shape)]
     differences = {}
     print('=' * 72)
-    print(f'exported     {args.out} ({osp.getsize(args.out) / 2 ** 20:.1f} MiB), opset {args.opset}, '
+    print(f'exported     {args.out} ({osp.getsize(args.out) / 2 ** 20:.1f} MiB), opset '
+          f'{onnx_export.file_opset(args.out)}, '
           f'exporter {args.exporter} (torch {torch.__version__})')
     print(f'model        {description}')
     print(f'input        {onnx_export.INPUT_NAME}: (N, 3, H, W) float32, the image after the data preprocessor '
