@@ -5,17 +5,20 @@ user who types the same command sees mmengine's usual output::
 
     Epoch(train)  [3][10/24]  ...  loss: 1.2345  ...     -> epoch 3/12, step 10/24, loss 1.23
     Iter(train) [100/300]  ...  loss: 0.2917  ...        -> iteration 100/300, loss 0.29
-    Epoch(test) [10/32]  ...  /  Iter(val) [32/32]  ...  mIoU: 71.37  ...   -> evaluation 10/32, mIoU 71.37
+    Iter(test) [10/32]  ...                              -> batch 10/32
+    Iter(val) [32/32]  ...  mIoU: 71.37  ...             -> mIoU 71.37
 
 On a terminal the line is redrawn in place; elsewhere (a CI log, a pipe) it is printed at every quarter of
-the step, so the output stays short either way. A step that fails prints the last lines of its log and its
-path, and raises :class:`StepFailed`.
+a training and at the end of every step, so the output stays short either way. A step that fails prints the
+last lines of its log and its path, and raises :class:`StepFailed`.
 """
+import builtins
 import os
 import re
 import subprocess
 import sys
 import time
+import warnings
 from collections import deque
 from typing import Dict, Optional, Sequence
 
@@ -46,6 +49,12 @@ def quiet_warnings_env(env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     filters = [f'ignore:{message}:{category}' for message, category in KNOWN_HARMLESS_WARNINGS]
     env['PYTHONWARNINGS'] = ','.join(filter(None, [env.get('PYTHONWARNINGS'), *filters]))
     return env
+
+
+def silence_known_warnings():
+    """Ignore :data:`KNOWN_HARMLESS_WARNINGS` in this process (an entry point calls it before its imports)."""
+    for message, category in KNOWN_HARMLESS_WARNINGS:
+        warnings.filterwarnings('ignore', message=re.escape(message), category=getattr(builtins, category))
 
 
 class ProgressLine:
@@ -90,15 +99,16 @@ class ProgressLine:
     def text(self, elapsed: float) -> str:
         done = int(round(self.fraction * BAR_WIDTH))
         values = '  '.join(f'{name} {value:.3g}' for name, value in self.values.items())
-        return (f'  {self.label:<24} [{"#" * done}{"." * (BAR_WIDTH - done)}] {100 * self.fraction:3.0f}%  '
+        return (f'  {self.label:<28} [{"#" * done}{"." * (BAR_WIDTH - done)}] {100 * self.fraction:3.0f}%  '
                 f'{self.where:<16} {values}  {elapsed:4.0f} s').rstrip()
 
 
-def run_step(command: Sequence[str], log_path: str, progress: ProgressLine, cwd: Optional[str] = None,
-             env: Optional[Dict[str, str]] = None, stream=None) -> float:
+def run_step(command: Sequence[str], log_path: str, progress: Optional[ProgressLine] = None,
+             cwd: Optional[str] = None, env: Optional[Dict[str, str]] = None, stream=None) -> str:
     """Run ``command`` with its stdout and stderr going to ``log_path``, showing ``progress`` on ``stream``.
 
-    Returns the seconds it took. Raises :class:`StepFailed` (after printing the log's last lines) if the
+    Without ``progress`` (a step with no mmengine loop) nothing is shown while it runs. Returns the last
+    line the command printed. Raises :class:`StepFailed` (after printing the log's last lines) if the
     command exits non-zero.
     """
     stream = stream or sys.stdout
@@ -106,31 +116,33 @@ def run_step(command: Sequence[str], log_path: str, progress: ProgressLine, cwd:
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
     tail = deque(maxlen=FAILURE_TAIL_LINES)
     start, quarters_shown = time.time(), 0
+    env = dict(os.environ if env is None else env, PYTHONUNBUFFERED='1')  # lines as they are written
     with open(log_path, 'w') as log, subprocess.Popen(
             command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             bufsize=1) as process:
         for line in process.stdout:
             log.write(line)
-            tail.append(line.rstrip('\n'))
-            if not progress.update(line):
+            if line.strip():
+                tail.append(line.rstrip('\n'))
+            if progress is None or not progress.update(line):
                 continue
             if on_terminal:
                 stream.write('\r' + progress.text(time.time() - start) + '\033[K')
                 stream.flush()
-            elif int(progress.fraction * 4) > quarters_shown and progress.fraction < 1:
+            elif progress.mode == 'train' and quarters_shown < int(progress.fraction * 4) < 4:  # evaluations: short
                 quarters_shown = int(progress.fraction * 4)
                 print(progress.text(time.time() - start), file=stream, flush=True)
         returncode = process.wait()
-    elapsed = time.time() - start
     if returncode != 0:
-        if on_terminal:
+        if on_terminal and progress is not None:
             stream.write('\n')
         print(f'  FAILED (exit status {returncode}). The last lines of {log_path}:', file=stream)
         for line in tail:
             print(f'    {line}', file=stream)
         stream.flush()
         raise StepFailed(f'{" ".join(command)} failed; full log: {log_path}')
-    progress.fraction = 1.0
-    print(('\r' if on_terminal else '') + progress.text(elapsed) + ('\033[K' if on_terminal else ''),
-          file=stream, flush=True)
-    return elapsed
+    if progress is not None:
+        progress.fraction = 1.0
+        print(('\r' if on_terminal else '') + progress.text(time.time() - start) + ('\033[K' if on_terminal else ''),
+              file=stream, flush=True)
+    return tail[-1] if tail else ''
