@@ -150,16 +150,17 @@ def main(argv=None):
         story.header('Evaluate the trained models on the validation images (COCO mAP; mIoU single-scale and '
                      'multi-scale + flip)')
         det_ckpt, seg_ckpt = last_checkpoint(det_dir), last_checkpoint(seg_dir)
-        for config, checkpoint, directory, options, name, metric in (
-                (DET, det_ckpt, det_dir, [], 'test_mask_rcnn', 'bbox_mAP'),
-                (SEG, seg_ckpt, seg_dir, [], 'test_upernet', 'mIoU'),
-                (SEG, seg_ckpt, seg_dir, ['--tta'], 'test_upernet_tta', 'mIoU')):
-            story.run('test.py', config, checkpoint, '--work-dir', directory, *options, log=name,
-                      progress=ProgressLine(name.replace('_', ' '), mode='test', show=(metric,)))
+        for config, checkpoint, directory, options, log, label, metric in (
+                (DET, det_ckpt, det_dir, [], 'test_mask_rcnn', f'test {DET_NAME}', 'bbox_mAP'),
+                (SEG, seg_ckpt, seg_dir, [], 'test_upernet', f'test {SEG_NAME}', 'mIoU'),
+                (SEG, seg_ckpt, seg_dir, ['--tta'], 'test_upernet_tta', f'test {SEG_NAME} + TTA', 'mIoU')):
+            story.run('test.py', config, checkpoint, '--work-dir', directory, *options, log=log,
+                      progress=ProgressLine(label, mode='test', show=(metric,)))
 
         story.header('Evaluate the same models untrained (random weights), the baseline')
         untrained = {}
-        for config, name, metric in ((DET, 'mask_rcnn', 'bbox_mAP'), (SEG, 'upernet', 'mIoU')):
+        for config, name, model, metric in ((DET, 'mask_rcnn', DET_NAME, 'bbox_mAP'),
+                                            (SEG, 'upernet', SEG_NAME, 'mIoU')):
             directory = osp.join(work_dir, f'{name}_untrained')
             checkpoint = osp.join(directory, 'untrained.pth')
             os.makedirs(in_repo(directory), exist_ok=True)
@@ -168,7 +169,7 @@ def main(argv=None):
                      osp.join(story.work_dir, 'logs', f'untrained_{name}.log'), cwd=ROOT, env=story.env)
             print(f'  random weights saved as {checkpoint} (mambaout_tools.models.save_untrained_checkpoint)')
             story.run('test.py', config, checkpoint, '--work-dir', directory, log=f'test_{name}_untrained',
-                      progress=ProgressLine(f'test {name} untrained', mode='test', show=(metric,)))
+                      progress=ProgressLine(f'test {model} untrained', mode='test', show=(metric,)))
             untrained[name] = read_metrics(directory)
 
         story.header(f'Draw predictions beside the ground truth on {PICTURE_IMAGES} validation images per model')
@@ -184,7 +185,7 @@ def main(argv=None):
                 story.run('image_demo.py', source, config, checkpoint, '--gt', truth, '--out', out,
                           log=f'image_demo_{kind}_{image}')
                 drawn.append(in_repo(out))
-                titles.append(f'{model}: {image} (left: ground truth, right: prediction)')
+                titles.append(f'{model}: {image}')
 
         story.header('Training curves and the overview picture (shown in the README)')
         curves = osp.join(args.docs_dir, 'demo_curves.png')
