@@ -7,11 +7,14 @@ import json
 import subprocess
 import sys
 
+import cv2
 import matplotlib.image
+import numpy as np
 import pytest
+from PIL import Image
 
 from mambaout_tools.progress import ProgressLine, StepFailed, quiet_warnings_env, run_step
-from tools import plot_curves
+from tools import demo, plot_curves
 
 TRAIN_LINE = ('11/25 22:35:24 - mmengine - INFO - Epoch(train)  [3][10/24]  base_lr: 1.0e-03 lr: 1.0e-03  '
               'eta: 0:01:05  time: 0.5304  data_time: 0.0122  loss: 1.2917  loss_rpn_cls: 0.2040')
@@ -96,3 +99,17 @@ def test_curves_read_from_scalars_json_and_drawn(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         plot_curves.parse_args([str(det), '--out', str(out), '--titles', 'a', 'b'])
     assert exit_info.value.code == 2
+
+
+def test_overview_puts_the_pictures_in_two_titled_columns_as_a_small_palette_png(tmp_path):
+    pictures = []
+    for index, (height, colour) in enumerate(((600, (0, 0, 255)), (500, (0, 255, 0)), (550, (255, 0, 0)))):
+        path = str(tmp_path / f'{index}.png')
+        cv2.imwrite(path, np.full((height, 1100, 3), colour, np.uint8))
+        pictures.append(path)
+    out = tmp_path / 'docs' / 'overview.png'
+    demo.overview(pictures + pictures[:1], ['a', 'b', 'c', 'd'], str(out))
+    overview = Image.open(out)
+    assert overview.mode == 'P' and overview.width == 2 * (demo.OVERVIEW_WIDTH + 8)
+    rgb = np.asarray(overview.convert('RGB'))
+    assert (rgb[40, 100] == (255, 0, 0)).all() and (rgb[40, demo.OVERVIEW_WIDTH + 100] == (0, 255, 0)).all()

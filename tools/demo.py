@@ -24,6 +24,7 @@ import time
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from mambaout_tools.progress import ProgressLine, StepFailed, quiet_warnings_env, run_step, silence_known_warnings
 
@@ -92,7 +93,6 @@ def overview(pictures, titles, out):
         height = max(left.shape[0], right.shape[0])
         rows.append(np.concatenate([np.pad(tile, ((0, height - tile.shape[0]), (0, 8), (0, 0)), constant_values=255)
                                     for tile in (left, right)], axis=1))
-    from PIL import Image
     grid = np.concatenate(rows)[..., ::-1]
     os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
     Image.fromarray(np.ascontiguousarray(grid)).quantize(OVERVIEW_COLOURS).save(out, optimize=True)

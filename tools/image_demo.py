@@ -40,7 +40,8 @@ def parse_args(argv=None):
     parser.add_argument('--out', required=True, help='where to write the picture (.png or .jpg)')
     parser.add_argument('--device', default='cuda:0' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--score-thr', type=float, default=0.3, help='detection score threshold')
-    parser.add_argument('--opacity', type=float, default=0.5, help='segmentation mask opacity')
+    parser.add_argument('--opacity', type=float, default=0.8,
+                        help="segmentation label map opacity (mmseg's default: the colours stay close to the legend's)")
     parser.add_argument('--gt', metavar='ANNOTATION',
                         help='draw the ground truth left of the prediction: for a detector the COCO json that '
                         'lists IMAGE (by file name), for a segmentor the label map (PNG) of IMAGE')
