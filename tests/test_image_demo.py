@@ -83,14 +83,18 @@ def test_picture_with_drawing_and_legend(toy_dir, config, options, fmt):
         assert (legend == rgb[::-1]).all(axis=2).sum() >= SWATCH_PIXELS, (class_name, rgb)
 
 
-def ground_truth_pixels(config, toy_dir):
-    """Where the toy image's ground truth has an object (instance masks; label map values other than 0)."""
+def ground_truth_classes(config, toy_dir):
+    """The class index of each pixel of the toy image's ground truth (-1: no object): from the instance masks
+    (category ids 1..3), or the label map (1..3; 0 is the background, ignored)."""
     if config == SEG:
-        return mmcv.imread(str(toy_dir / GROUND_TRUTH[SEG]), flag='unchanged') > 0
+        return mmcv.imread(str(toy_dir / GROUND_TRUTH[SEG]), flag='unchanged').astype(int) - 1
     from pycocotools.coco import COCO
     coco = COCO(str(toy_dir / GROUND_TRUTH[DET]))
     image_id = next(i for i, info in coco.imgs.items() if info['file_name'] == os.path.basename(IMAGES[DET]))
-    return np.any([coco.annToMask(a) > 0 for a in coco.loadAnns(coco.getAnnIds(imgIds=image_id))], axis=0)
+    classes = np.full((coco.imgs[image_id]['height'], coco.imgs[image_id]['width']), -1)
+    for annotation in coco.loadAnns(coco.getAnnIds(imgIds=image_id)):
+        classes[coco.annToMask(annotation) > 0] = annotation['category_id'] - 1
+    return classes
 
 
 @pytest.mark.parametrize('config', [DET, SEG], ids=['detector', 'segmentor'])
@@ -101,16 +105,21 @@ def test_ground_truth_drawn_beside_the_prediction_at_readable_size(toy_dir, conf
     result = image_demo(toy_dir, config, checkpoint, out, '--gt', str(toy_dir / GROUND_TRUTH[config]))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
-    image, picture = mmcv.imread(str(toy_dir / IMAGES[config])), mmcv.imread(str(out))
+    image, picture = mmcv.imread(str(toy_dir / IMAGES[config])), mmcv.imread(str(out), channel_order='rgb')
     factor = -(-512 // image.shape[0])  # the smallest integer scale reaching 512 px: 6 for the 96 px toy images
     side, title = factor * image.shape[0], LEGEND_ROW + MARGIN
     assert picture.shape[1] == 2 * side and picture.shape[0] > title + side, picture.shape
-    # the left panel is the ground truth: the objects' pixels are painted over, the background mostly not
-    upscaled = image.repeat(factor, 0).repeat(factor, 1).astype(int)
-    changed = np.abs(picture[title:title + side, :side].astype(int) - upscaled).max(axis=2) > 3
-    objects = ground_truth_pixels(config, toy_dir).repeat(factor, 0).repeat(factor, 1)
-    assert objects.any() and changed[objects].mean() > 0.5, changed[objects].mean()
-    assert changed[~objects].mean() < 0.2, changed[~objects].mean()
+    # the left panel is the ground truth: each object's pixels are painted over, in its class's palette colour
+    # (mostly: nearer to it than to the other classes' colours)
+    panel = picture[title:title + side, :side].astype(float)
+    upscaled = mmcv.bgr2rgb(image).repeat(factor, 0).repeat(factor, 1)
+    palette = np.array(Config.fromfile(config).metainfo['palette'], float)
+    nearest = np.linalg.norm(panel[:, :, None] - palette, axis=3).argmin(axis=2)
+    classes = ground_truth_classes(config, toy_dir).repeat(factor, 0).repeat(factor, 1)
+    assert (classes >= 0).any()
+    assert (np.abs(panel - upscaled).max(axis=2) > 3)[classes >= 0].mean() > 0.9
+    for label in np.unique(classes[classes >= 0]):
+        assert (nearest[classes == label] == label).mean() > 0.6, label
 
 
 class _Payload:
