@@ -99,7 +99,7 @@ class ProgressLine:
     def text(self, elapsed: float) -> str:
         done = int(round(self.fraction * BAR_WIDTH))
         values = '  '.join(f'{name} {value:.3g}' for name, value in self.values.items())
-        return (f'  {self.label:<32} [{"#" * done}{"." * (BAR_WIDTH - done)}] {100 * self.fraction:3.0f}%  '
+        return (f'  {self.label:<34} [{"#" * done}{"." * (BAR_WIDTH - done)}] {100 * self.fraction:3.0f}%  '
                 f'{self.where:<16} {values}  {elapsed:4.0f} s').rstrip()
 
 
