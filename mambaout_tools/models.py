@@ -62,6 +62,20 @@ def build_model(cfg: Config, backbone_only: bool = False, pretrained: bool = Fal
     return revert_sync_batchnorm(model)
 
 
+def save_untrained_checkpoint(config: str, path: str) -> str:
+    """Save an untrained model of ``config`` (random init, nothing downloaded) as training saves one: its weights,
+    and the class names and palette of its dataset under ``meta['dataset_meta']`` (where tools/test.py and mmdet's
+    and mmseg's inferencers read them). Evaluated, it is the baseline that shows how much training brings.
+    Returns ``path`` as a string."""
+    cfg = load_config(str(config))
+    model = build_model(cfg)
+    datasets = importlib.import_module(f'{cfg.default_scope}.registry').DATASETS
+    metainfo = datasets.build(dict(cfg.test_dataloader.dataset, lazy_init=True)).metainfo
+    model.init_weights()
+    torch.save({'state_dict': model.state_dict(), 'meta': {'dataset_meta': metainfo}}, path)
+    return str(path)
+
+
 def num_classes_of(cfg: Config) -> int:
     """The number of classes of the config's (first) head."""
     def find(node):

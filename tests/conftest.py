@@ -20,6 +20,9 @@ os.environ.update(HF_HUB_OFFLINE='1', HF_HOME=os.path.join(_CACHES, 'huggingface
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# an untrained detector/segmentor checkpoint (random init, class names in its meta), shared with tools/demo.py
+from mambaout_tools.models import save_untrained_checkpoint as untrained_checkpoint  # noqa: E402,F401
+
 # Official release layout <- timm layout (the inverse of timm's checkpoint_filter_fn).
 _TIMM_TO_OFFICIAL = (
     (r'^stem\.', 'downsample_layers.0.'),
@@ -66,17 +69,3 @@ def timm_model():
 
     return make
 
-
-def untrained_checkpoint(config, path):
-    """An untrained model of ``config`` saved as training saves one: its weights, and the class names and palette
-    of its dataset under ``meta['dataset_meta']`` (what mmdet's and mmseg's inferencers read them from)."""
-    import importlib
-
-    from mambaout_tools.models import build_model, load_config
-    cfg = load_config(str(config))
-    model = build_model(cfg)
-    datasets = importlib.import_module(f'{cfg.default_scope}.registry').DATASETS
-    metainfo = datasets.build(dict(cfg.test_dataloader.dataset, lazy_init=True)).metainfo
-    model.init_weights()
-    torch.save({'state_dict': model.state_dict(), 'meta': {'dataset_meta': metainfo}}, path)
-    return str(path)

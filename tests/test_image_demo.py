@@ -1,5 +1,6 @@
 """tools/image_demo.py as tools/demo.py runs it: a detector's and a segmentor's prediction drawn on a toy image,
-with a legend of the predicted classes in their colours, from untrained checkpoints made here (no training);
+with a legend of the predicted classes in their colours, from untrained checkpoints made here (no training), and
+beside the ground truth at a readable size (--gt, --long-side);
 also from a checkpoint in the format written before the plugins' weights-only hook, and one clear error for a
 checkpoint that weights-only unpickling refuses."""
 import os
@@ -23,6 +24,8 @@ DET = os.path.join(ROOT, 'configs', 'toy', 'mask_rcnn_mambaout_toy.py')
 SEG = os.path.join(ROOT, 'configs', 'toy', 'upernet_mambaout_toy.py')
 IMAGES = {DET: os.path.join('data', 'toy', 'coco', 'val', 'toy_val_00000.jpg'),
           SEG: os.path.join('data', 'toy', 'ade', 'images', 'validation', 'toy_val_00000.jpg')}
+GROUND_TRUTH = {DET: os.path.join('data', 'toy', 'coco', 'annotations', 'instances_val.json'),
+                SEG: os.path.join('data', 'toy', 'ade', 'annotations', 'validation', 'toy_val_00000.png')}
 SWATCH_PIXELS = 16 * 16  # a legend row's colour swatch
 
 
@@ -60,7 +63,7 @@ def test_picture_with_drawing_and_legend(toy_dir, config, options, fmt):
     if fmt == 'old':
         checkpoint = old_format(checkpoint, toy_dir / f'{name}_old.pth')
     out = toy_dir / 'pictures' / f'{name}.png'
-    result = image_demo(toy_dir, config, checkpoint, out, *options)
+    result = image_demo(toy_dir, config, checkpoint, out, '--long-side', '1', *options)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     image = mmcv.imread(str(toy_dir / IMAGES[config]))
@@ -78,6 +81,45 @@ def test_picture_with_drawing_and_legend(toy_dir, config, options, fmt):
     for class_name in named:
         rgb = metainfo['palette'][metainfo['classes'].index(class_name)]
         assert (legend == rgb[::-1]).all(axis=2).sum() >= SWATCH_PIXELS, (class_name, rgb)
+
+
+def ground_truth_classes(config, toy_dir):
+    """The class index of each pixel of the toy image's ground truth (-1: no object): from the instance masks
+    (category ids 1..3), or the label map (1..3; 0 is the background, ignored)."""
+    if config == SEG:
+        return mmcv.imread(str(toy_dir / GROUND_TRUTH[SEG]), flag='unchanged').astype(int) - 1
+    from pycocotools.coco import COCO
+    coco = COCO(str(toy_dir / GROUND_TRUTH[DET]))
+    image_id = next(i for i, info in coco.imgs.items() if info['file_name'] == os.path.basename(IMAGES[DET]))
+    classes = np.full((coco.imgs[image_id]['height'], coco.imgs[image_id]['width']), -1)
+    for annotation in coco.loadAnns(coco.getAnnIds(imgIds=image_id)):
+        classes[coco.annToMask(annotation) > 0] = annotation['category_id'] - 1
+    return classes
+
+
+@pytest.mark.parametrize('config', [DET, SEG], ids=['detector', 'segmentor'])
+def test_ground_truth_drawn_beside_the_prediction_at_readable_size(toy_dir, config):
+    from tools.image_demo import LEGEND_ROW, MARGIN
+    checkpoint = untrained_checkpoint(config, toy_dir / f'{os.path.basename(config)[:-3]}_gt.pth')
+    out = toy_dir / 'pictures' / f'{os.path.basename(config)[:-3]}_gt.png'
+    result = image_demo(toy_dir, config, checkpoint, out, '--gt', str(toy_dir / GROUND_TRUTH[config]))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    image, picture = mmcv.imread(str(toy_dir / IMAGES[config])), mmcv.imread(str(out), channel_order='rgb')
+    factor = -(-512 // image.shape[0])  # the smallest integer scale reaching 512 px: 6 for the 96 px toy images
+    side, title = factor * image.shape[0], LEGEND_ROW + MARGIN
+    assert picture.shape[1] == 2 * side and picture.shape[0] > title + side, picture.shape
+    # the left panel is the ground truth: each object's pixels are painted over, in its class's palette colour
+    # (mostly: nearer to it than to the other classes' colours)
+    panel = picture[title:title + side, :side].astype(float)
+    upscaled = mmcv.bgr2rgb(image).repeat(factor, 0).repeat(factor, 1)
+    palette = np.array(Config.fromfile(config).metainfo['palette'], float)
+    nearest = np.linalg.norm(panel[:, :, None] - palette, axis=3).argmin(axis=2)
+    classes = ground_truth_classes(config, toy_dir).repeat(factor, 0).repeat(factor, 1)
+    assert (classes >= 0).any()
+    assert (np.abs(panel - upscaled).max(axis=2) > 3)[classes >= 0].mean() > 0.9
+    for label in np.unique(classes[classes >= 0]):
+        assert (nearest[classes == label] == label).mean() > 0.6, label
 
 
 class _Payload:
