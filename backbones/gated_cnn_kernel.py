@@ -6,8 +6,9 @@ The branch is LayerNorm -> fc1 -> (gate, identity, conv part) -> depthwise conv 
 fc2(act(gate) * cat(identity, conv)), NHWC, before LayerScale. It is described by a :class:`GatedCNNSpec`
 and a :class:`GatedCNNParams`; no module enters the autograd graph.
 """
+import contextlib
 from dataclasses import dataclass
-from typing import NamedTuple, Optional, Tuple
+from typing import Iterator, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,32 @@ import torch.nn.functional as F
 # Pixels per chunk in the no-grad CPU path: a chunk's ~2 * hidden-wide intermediates stay in cache instead of
 # going to memory and back several times (sizes measured in docs/benchmarks.md).
 INFERENCE_CHUNK_PIXELS = 1024
+
+# The device type whose branches the kernel takes instead of its tensors' own; None: their own. Set only by
+# emulate_device_branches (tests), never from the environment.
+_emulated_device_type: Optional[str] = None
+
+
+@contextlib.contextmanager
+def emulate_device_branches(device_type: str) -> Iterator[None]:
+    """Within the ``with`` block, take the branches that tensors on ``device_type`` take, whatever device they
+    are on: ``'cuda'`` makes a CPU run aten's depthwise-conv backward and unchunked inference, so that a CPU
+    checks the code a GPU runs. For tests; not thread-safe.
+
+    Args:
+        device_type (str): ``'cpu'`` or another torch device type (``'cuda'``).
+    """
+    global _emulated_device_type
+    previous, _emulated_device_type = _emulated_device_type, device_type
+    try:
+        yield
+    finally:
+        _emulated_device_type = previous
+
+
+def _branch_device_type(tensor: torch.Tensor) -> str:
+    """The device type whose branch to take for ``tensor``: its own unless :func:`emulate_device_branches`."""
+    return _emulated_device_type or tensor.device.type
 
 
 @dataclass(frozen=True)
@@ -157,7 +184,7 @@ def gated_forward(spec: GatedCNNSpec, x: torch.Tensor, dtype: torch.dtype,
 def gated_inference(spec: GatedCNNSpec, x: torch.Tensor, dtype: torch.dtype, params: GatedCNNParams) -> torch.Tensor:
     """:func:`gated_forward`'s output without what backward needs, on CPU in chunks of pixels: only the
     depthwise conv needs whole feature maps; fc1's gate/identity part, the gating and fc2 run per chunk."""
-    if x.device.type != 'cpu':
+    if _branch_device_type(x) != 'cpu':
         return gated_forward(spec, x, dtype, params)[0]
     y, fc1_w, fc1_b, _, conv_out = _norm_and_conv_part(spec, x, dtype, params)
     y, conv_out = y.reshape(-1, y.shape[-1]), conv_out.reshape(-1, spec.conv_channels)
@@ -257,7 +284,8 @@ def _depthwise_conv_backward(grad: torch.Tensor, inp: torch.Tensor, weight: torc
                              need_bias: bool):
     """Input, weight and bias gradients of a stride-1, 'same'-padded depthwise conv. ``grad`` and ``inp``
     are NCHW views of NHWC tensors (channels_last memory)."""
-    backward = _depthwise_conv_backward_as_convs if grad.device.type == 'cpu' else _depthwise_conv_backward_aten
+    on_cpu = _branch_device_type(grad) == 'cpu'
+    backward = _depthwise_conv_backward_as_convs if on_cpu else _depthwise_conv_backward_aten
     grad_in, grad_weight = backward(grad, inp, weight, need_weight)
     return grad_in, grad_weight, grad.sum((0, 2, 3)) if need_bias else None
 
