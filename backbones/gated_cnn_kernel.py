@@ -91,12 +91,12 @@ class GatedCNNParams(NamedTuple):
 
 
 class GatedCNNSaved(NamedTuple):
-    """What backward keeps from forward: fc1's output as ``[gate, identity]`` and the conv input, and the
-    conv output, all NHWC: 2 * hidden + conv channels per pixel (about 7 channel-widths for the default
-    ratios) instead of the ~14-16 that autograd keeps for the plain modules."""
+    """What backward keeps from forward besides the block input: fc1's output as ``[gate, identity]`` and the
+    conv input, NHWC, 2 * hidden channels per pixel. With the input, about 6.3 channel-widths for the default
+    ratios instead of the ~14 that autograd keeps for the plain modules. The conv output is recomputed in
+    backward (one depthwise conv: cheap next to keeping conv-channels more per pixel until backward)."""
     gate_id: torch.Tensor
     conv_in: torch.Tensor
-    conv_out: torch.Tensor
 
 
 def gated_cnn_branch(x: torch.Tensor, spec: GatedCNNSpec, params: GatedCNNParams) -> torch.Tensor:
@@ -111,8 +111,8 @@ def gated_cnn_branch(x: torch.Tensor, spec: GatedCNNSpec, params: GatedCNNParams
 
 
 class GatedCNNFunction(torch.autograd.Function):
-    """The branch with a hand-written backward: keeps :class:`GatedCNNSaved` only, and recomputes LayerNorm
-    and the gating in backward. The parameters are inputs so that they get gradients; ``dtype`` stands for
+    """The branch with a hand-written backward: keeps the input and :class:`GatedCNNSaved` only, and
+    recomputes LayerNorm, the depthwise conv and the gating in backward. The parameters are inputs so that they get gradients; ``dtype`` stands for
     autocast, which is off inside."""
 
     @staticmethod
@@ -127,10 +127,10 @@ class GatedCNNFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        x, gate_id, conv_in, conv_out, *params = ctx.saved_tensors
+        x, gate_id, conv_in, *params = ctx.saved_tensors
         needs = GatedCNNParams(*ctx.needs_input_grad[3:])
         with torch.autocast(x.device.type, enabled=False):
-            grad_x, grads = gated_backward(ctx.spec, ctx.dtype, grad, x, GatedCNNSaved(gate_id, conv_in, conv_out),
+            grad_x, grads = gated_backward(ctx.spec, ctx.dtype, grad, x, GatedCNNSaved(gate_id, conv_in),
                                            GatedCNNParams(*params), ctx.needs_input_grad[0], needs)
         return (grad_x, None, None, *grads)
 
@@ -154,10 +154,15 @@ def _norm_and_conv_part(spec: GatedCNNSpec, x: torch.Tensor, dtype: torch.dtype,
                      spec.eps).to(dtype)
     fc1_w, fc1_b = params.fc1_weight.to(dtype), params.fc1_bias.to(dtype)
     conv_in = F.linear(y, fc1_w[split:], fc1_b[split:])
+    return y, fc1_w, fc1_b, conv_in, _depthwise_conv(spec, conv_in, dtype, params)
+
+
+def _depthwise_conv(spec: GatedCNNSpec, conv_in: torch.Tensor, dtype: torch.dtype,
+                    params: GatedCNNParams) -> torch.Tensor:
+    """The depthwise conv on NHWC ``conv_in``, in ``dtype``; NHWC out."""
     conv_w = params.conv_weight
-    conv_out = F.conv2d(conv_in.permute(0, 3, 1, 2), conv_w.to(dtype), params.conv_bias.to(dtype),
-                        padding=conv_w.shape[-1] // 2, groups=spec.conv_channels).permute(0, 2, 3, 1)
-    return y, fc1_w, fc1_b, conv_in, conv_out
+    return F.conv2d(conv_in.permute(0, 3, 1, 2), conv_w.to(dtype), params.conv_bias.to(dtype),
+                    padding=conv_w.shape[-1] // 2, groups=spec.conv_channels).permute(0, 2, 3, 1)
 
 
 def _gate(spec: GatedCNNSpec, gate_id: torch.Tensor, conv_out: torch.Tensor) -> torch.Tensor:
@@ -178,7 +183,7 @@ def gated_forward(spec: GatedCNNSpec, x: torch.Tensor, dtype: torch.dtype,
     gate_id = F.linear(y, fc1_w[:split], fc1_b[:split])
     gated = _gate(spec, gate_id, conv_out)
     out = F.linear(gated, params.fc2_weight.to(dtype), params.fc2_bias.to(dtype))
-    return out, GatedCNNSaved(gate_id, conv_in, conv_out)
+    return out, GatedCNNSaved(gate_id, conv_in)
 
 
 def gated_inference(spec: GatedCNNSpec, x: torch.Tensor, dtype: torch.dtype, params: GatedCNNParams) -> torch.Tensor:
@@ -211,9 +216,12 @@ def gated_backward(spec: GatedCNNSpec, dtype: torch.dtype, grad: torch.Tensor, x
     """Gradients of :func:`gated_forward` for ``x`` and ``params``, None where ``need_x``/``needs`` say so,
     each in the dtype of what it is the gradient of."""
     grad = grad.to(dtype).reshape(-1, x.shape[-1])
-    act, buf, grad_gated, grad_fc2_w, grad_fc2_b = _fc2_backward(spec, dtype, grad, saved, params, needs)
-    grad_gate, grad_id, grad_conv_out = _gating_backward(spec, saved, act, buf, grad_gated)
-    del grad_gated, act
+    # The same op on the same input as in forward: the same numbers.
+    conv_out = _depthwise_conv(spec, saved.conv_in, dtype, params)
+    act, buf, grad_gated, grad_fc2_w, grad_fc2_b = _fc2_backward(spec, dtype, grad, saved, conv_out, params,
+                                                                 needs)
+    grad_gate, grad_id, grad_conv_out = _gating_backward(spec, saved, conv_out, act, buf, grad_gated)
+    del grad_gated, act, conv_out
     grad_conv_in, grad_conv_w, grad_conv_b = _depthwise_conv_backward(
         grad_conv_out.permute(0, 3, 1, 2), saved.conv_in.permute(0, 3, 1, 2), params.conv_weight.to(dtype),
         needs.conv_weight, needs.conv_bias)
@@ -225,27 +233,27 @@ def gated_backward(spec: GatedCNNSpec, dtype: torch.dtype, grad: torch.Tensor, x
     return grad_x, GatedCNNParams(*(None if g is None else g.to(p.dtype) for g, p in zip(grads, params)))
 
 
-def _fc2_backward(spec, dtype, grad, saved, params, needs):
+def _fc2_backward(spec, dtype, grad, saved, conv_out, params, needs):
     """fc2, with its input recomputed (elementwise, cheap) instead of kept from forward: ``(act(gate), a
     buffer of the gate's shape, d gated, d fc2 weight, d fc2 bias)``."""
     n_id = spec.identity_channels
     act = _act(spec, saved.gate_id[..., :spec.hidden])
     buf = torch.empty_like(act)
     torch.mul(act[..., :n_id], saved.gate_id[..., spec.hidden:], out=buf[..., :n_id])
-    torch.mul(act[..., n_id:], saved.conv_out, out=buf[..., n_id:])
+    torch.mul(act[..., n_id:], conv_out, out=buf[..., n_id:])
     grad_fc2_w = grad.t().mm(buf.view(-1, spec.hidden)) if needs.fc2_weight else None
     grad_fc2_b = grad.sum(0) if needs.fc2_bias else None
     grad_gated = grad.mm(params.fc2_weight.to(dtype)).view(act.shape)
     return act, buf, grad_gated, grad_fc2_w, grad_fc2_b
 
 
-def _gating_backward(spec, saved, act, buf, grad_gated):
+def _gating_backward(spec, saved, conv_out, act, buf, grad_gated):
     """``(d gate, d identity, d conv out)``; d gate = act'(gate) * d gated * cat(identity, conv_out),
     computed in ``buf``."""
     n_id = spec.identity_channels
     gate, identity = saved.gate_id[..., :spec.hidden], saved.gate_id[..., spec.hidden:]
     torch.mul(grad_gated[..., :n_id], identity, out=buf[..., :n_id])
-    torch.mul(grad_gated[..., n_id:], saved.conv_out, out=buf[..., n_id:])
+    torch.mul(grad_gated[..., n_id:], conv_out, out=buf[..., n_id:])
     if spec.act == 'gelu':
         torch.ops.aten.gelu_backward.grad_input(buf, gate, approximate=spec.gelu_approximate, grad_input=buf)
     else:

@@ -150,7 +150,7 @@ def test_block_saves_about_half_the_activations():
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             fn(x)
         return sum(sizes) / x.numel()
-    assert saved_widths(block.residual) <= 7.5 < 13 <= saved_widths(block._residual_plain)
+    assert saved_widths(block.residual) <= 6.5 < 13 <= saved_widths(block._residual_plain)  # 6.33 vs 13.9
 
 
 @pytest.mark.parametrize('backward', ['_depthwise_conv_backward_as_convs', '_depthwise_conv_backward_aten'])
