@@ -5,6 +5,10 @@ their activation memory for backward, and faster on CPU; docs/benchmarks.md has 
 The branch is LayerNorm -> fc1 -> (gate, identity, conv part) -> depthwise conv on the conv part ->
 fc2(act(gate) * cat(identity, conv)), NHWC, before LayerScale. It is described by a :class:`GatedCNNSpec`
 and a :class:`GatedCNNParams`; no module enters the autograd graph.
+
+Two steps differ by device: the depthwise conv's backward (forward convs on CPU, aten's, i.e. cuDNN's,
+elsewhere) and inference (in chunks of pixels on CPU only). :func:`emulate_device_branches` lets the tests run
+the other devices' branches on a CPU. ``MambaOut(memory_efficient=False)`` runs the plain modules instead.
 """
 import contextlib
 from dataclasses import dataclass

@@ -174,8 +174,9 @@ class GatedCNNBlock(nn.Module):
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         if (not self.memory_efficient or torch.compiler.is_compiling() or torch.jit.is_tracing()
                 or self.kernel_spec is None):
-            # torch.compile fuses the plain graph and picks what to recompute itself; tracers (FLOP
-            # counters, ONNX export) cannot record a custom autograd Function.
+            # torch.compile fuses the plain graph and picks what to recompute itself (memory_efficient=False
+            # gives its eager fallbacks the same graph); tracers (FLOP counters, ONNX export) cannot record
+            # a custom autograd Function.
             return self._residual_plain(x)
         params = GatedCNNParams(self.norm.weight, self.norm.bias, self.fc1.weight, self.fc1.bias,
                                 self.conv.weight, self.conv.bias, self.fc2.weight, self.fc2.bias)
