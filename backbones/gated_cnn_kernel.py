@@ -5,9 +5,14 @@ their activation memory for backward, and faster on CPU; docs/benchmarks.md has 
 The branch is LayerNorm -> fc1 -> (gate, identity, conv part) -> depthwise conv on the conv part ->
 fc2(act(gate) * cat(identity, conv)), NHWC, before LayerScale. It is described by a :class:`GatedCNNSpec`
 and a :class:`GatedCNNParams`; no module enters the autograd graph.
+
+Two steps differ by device: the depthwise conv's backward (forward convs on CPU, aten's, i.e. cuDNN's,
+elsewhere) and inference (in chunks of pixels on CPU only). :func:`emulate_device_branches` lets the tests run
+the other devices' branches on a CPU. ``MambaOut(memory_efficient=False)`` runs the plain modules instead.
 """
+import contextlib
 from dataclasses import dataclass
-from typing import NamedTuple, Optional, Tuple
+from typing import Iterator, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +20,32 @@ import torch.nn.functional as F
 # Pixels per chunk in the no-grad CPU path: a chunk's ~2 * hidden-wide intermediates stay in cache instead of
 # going to memory and back several times (sizes measured in docs/benchmarks.md).
 INFERENCE_CHUNK_PIXELS = 1024
+
+# The device type whose branches the kernel takes instead of its tensors' own; None: their own. Set only by
+# emulate_device_branches (tests), never from the environment.
+_emulated_device_type: Optional[str] = None
+
+
+@contextlib.contextmanager
+def emulate_device_branches(device_type: str) -> Iterator[None]:
+    """Within the ``with`` block, take the branches that tensors on ``device_type`` take, whatever device they
+    are on: ``'cuda'`` makes a CPU run aten's depthwise-conv backward and unchunked inference, so that a CPU
+    checks the code a GPU runs. For tests; not thread-safe.
+
+    Args:
+        device_type (str): ``'cpu'`` or another torch device type (``'cuda'``).
+    """
+    global _emulated_device_type
+    previous, _emulated_device_type = _emulated_device_type, device_type
+    try:
+        yield
+    finally:
+        _emulated_device_type = previous
+
+
+def _branch_device_type(tensor: torch.Tensor) -> str:
+    """The device type whose branch to take for ``tensor``: its own unless :func:`emulate_device_branches`."""
+    return _emulated_device_type or tensor.device.type
 
 
 @dataclass(frozen=True)
@@ -64,12 +95,12 @@ class GatedCNNParams(NamedTuple):
 
 
 class GatedCNNSaved(NamedTuple):
-    """What backward keeps from forward: fc1's output as ``[gate, identity]`` and the conv input, and the
-    conv output, all NHWC: 2 * hidden + conv channels per pixel (about 7 channel-widths for the default
-    ratios) instead of the ~14-16 that autograd keeps for the plain modules."""
+    """What backward keeps from forward besides the block input: fc1's output as ``[gate, identity]`` and the
+    conv input, NHWC, 2 * hidden channels per pixel. With the input, about 6.3 channel-widths for the default
+    ratios instead of the ~14 that autograd keeps for the plain modules. The conv output is recomputed in
+    backward (one depthwise conv: cheap next to keeping conv-channels more per pixel until backward)."""
     gate_id: torch.Tensor
     conv_in: torch.Tensor
-    conv_out: torch.Tensor
 
 
 def gated_cnn_branch(x: torch.Tensor, spec: GatedCNNSpec, params: GatedCNNParams) -> torch.Tensor:
@@ -84,8 +115,8 @@ def gated_cnn_branch(x: torch.Tensor, spec: GatedCNNSpec, params: GatedCNNParams
 
 
 class GatedCNNFunction(torch.autograd.Function):
-    """The branch with a hand-written backward: keeps :class:`GatedCNNSaved` only, and recomputes LayerNorm
-    and the gating in backward. The parameters are inputs so that they get gradients; ``dtype`` stands for
+    """The branch with a hand-written backward: keeps the input and :class:`GatedCNNSaved` only, and
+    recomputes LayerNorm, the depthwise conv and the gating in backward. The parameters are inputs so that they get gradients; ``dtype`` stands for
     autocast, which is off inside."""
 
     @staticmethod
@@ -100,10 +131,10 @@ class GatedCNNFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        x, gate_id, conv_in, conv_out, *params = ctx.saved_tensors
+        x, gate_id, conv_in, *params = ctx.saved_tensors
         needs = GatedCNNParams(*ctx.needs_input_grad[3:])
         with torch.autocast(x.device.type, enabled=False):
-            grad_x, grads = gated_backward(ctx.spec, ctx.dtype, grad, x, GatedCNNSaved(gate_id, conv_in, conv_out),
+            grad_x, grads = gated_backward(ctx.spec, ctx.dtype, grad, x, GatedCNNSaved(gate_id, conv_in),
                                            GatedCNNParams(*params), ctx.needs_input_grad[0], needs)
         return (grad_x, None, None, *grads)
 
@@ -127,10 +158,15 @@ def _norm_and_conv_part(spec: GatedCNNSpec, x: torch.Tensor, dtype: torch.dtype,
                      spec.eps).to(dtype)
     fc1_w, fc1_b = params.fc1_weight.to(dtype), params.fc1_bias.to(dtype)
     conv_in = F.linear(y, fc1_w[split:], fc1_b[split:])
+    return y, fc1_w, fc1_b, conv_in, _depthwise_conv(spec, conv_in, dtype, params)
+
+
+def _depthwise_conv(spec: GatedCNNSpec, conv_in: torch.Tensor, dtype: torch.dtype,
+                    params: GatedCNNParams) -> torch.Tensor:
+    """The depthwise conv on NHWC ``conv_in``, in ``dtype``; NHWC out."""
     conv_w = params.conv_weight
-    conv_out = F.conv2d(conv_in.permute(0, 3, 1, 2), conv_w.to(dtype), params.conv_bias.to(dtype),
-                        padding=conv_w.shape[-1] // 2, groups=spec.conv_channels).permute(0, 2, 3, 1)
-    return y, fc1_w, fc1_b, conv_in, conv_out
+    return F.conv2d(conv_in.permute(0, 3, 1, 2), conv_w.to(dtype), params.conv_bias.to(dtype),
+                    padding=conv_w.shape[-1] // 2, groups=spec.conv_channels).permute(0, 2, 3, 1)
 
 
 def _gate(spec: GatedCNNSpec, gate_id: torch.Tensor, conv_out: torch.Tensor) -> torch.Tensor:
@@ -151,13 +187,13 @@ def gated_forward(spec: GatedCNNSpec, x: torch.Tensor, dtype: torch.dtype,
     gate_id = F.linear(y, fc1_w[:split], fc1_b[:split])
     gated = _gate(spec, gate_id, conv_out)
     out = F.linear(gated, params.fc2_weight.to(dtype), params.fc2_bias.to(dtype))
-    return out, GatedCNNSaved(gate_id, conv_in, conv_out)
+    return out, GatedCNNSaved(gate_id, conv_in)
 
 
 def gated_inference(spec: GatedCNNSpec, x: torch.Tensor, dtype: torch.dtype, params: GatedCNNParams) -> torch.Tensor:
     """:func:`gated_forward`'s output without what backward needs, on CPU in chunks of pixels: only the
     depthwise conv needs whole feature maps; fc1's gate/identity part, the gating and fc2 run per chunk."""
-    if x.device.type != 'cpu':
+    if _branch_device_type(x) != 'cpu':
         return gated_forward(spec, x, dtype, params)[0]
     y, fc1_w, fc1_b, _, conv_out = _norm_and_conv_part(spec, x, dtype, params)
     y, conv_out = y.reshape(-1, y.shape[-1]), conv_out.reshape(-1, spec.conv_channels)
@@ -184,9 +220,12 @@ def gated_backward(spec: GatedCNNSpec, dtype: torch.dtype, grad: torch.Tensor, x
     """Gradients of :func:`gated_forward` for ``x`` and ``params``, None where ``need_x``/``needs`` say so,
     each in the dtype of what it is the gradient of."""
     grad = grad.to(dtype).reshape(-1, x.shape[-1])
-    act, buf, grad_gated, grad_fc2_w, grad_fc2_b = _fc2_backward(spec, dtype, grad, saved, params, needs)
-    grad_gate, grad_id, grad_conv_out = _gating_backward(spec, saved, act, buf, grad_gated)
-    del grad_gated, act
+    # The same op on the same input as in forward: the same numbers.
+    conv_out = _depthwise_conv(spec, saved.conv_in, dtype, params)
+    act, buf, grad_gated, grad_fc2_w, grad_fc2_b = _fc2_backward(spec, dtype, grad, saved, conv_out, params,
+                                                                 needs)
+    grad_gate, grad_id, grad_conv_out = _gating_backward(spec, saved, conv_out, act, buf, grad_gated)
+    del grad_gated, act, conv_out
     grad_conv_in, grad_conv_w, grad_conv_b = _depthwise_conv_backward(
         grad_conv_out.permute(0, 3, 1, 2), saved.conv_in.permute(0, 3, 1, 2), params.conv_weight.to(dtype),
         needs.conv_weight, needs.conv_bias)
@@ -198,27 +237,27 @@ def gated_backward(spec: GatedCNNSpec, dtype: torch.dtype, grad: torch.Tensor, x
     return grad_x, GatedCNNParams(*(None if g is None else g.to(p.dtype) for g, p in zip(grads, params)))
 
 
-def _fc2_backward(spec, dtype, grad, saved, params, needs):
+def _fc2_backward(spec, dtype, grad, saved, conv_out, params, needs):
     """fc2, with its input recomputed (elementwise, cheap) instead of kept from forward: ``(act(gate), a
     buffer of the gate's shape, d gated, d fc2 weight, d fc2 bias)``."""
     n_id = spec.identity_channels
     act = _act(spec, saved.gate_id[..., :spec.hidden])
     buf = torch.empty_like(act)
     torch.mul(act[..., :n_id], saved.gate_id[..., spec.hidden:], out=buf[..., :n_id])
-    torch.mul(act[..., n_id:], saved.conv_out, out=buf[..., n_id:])
+    torch.mul(act[..., n_id:], conv_out, out=buf[..., n_id:])
     grad_fc2_w = grad.t().mm(buf.view(-1, spec.hidden)) if needs.fc2_weight else None
     grad_fc2_b = grad.sum(0) if needs.fc2_bias else None
     grad_gated = grad.mm(params.fc2_weight.to(dtype)).view(act.shape)
     return act, buf, grad_gated, grad_fc2_w, grad_fc2_b
 
 
-def _gating_backward(spec, saved, act, buf, grad_gated):
+def _gating_backward(spec, saved, conv_out, act, buf, grad_gated):
     """``(d gate, d identity, d conv out)``; d gate = act'(gate) * d gated * cat(identity, conv_out),
     computed in ``buf``."""
     n_id = spec.identity_channels
     gate, identity = saved.gate_id[..., :spec.hidden], saved.gate_id[..., spec.hidden:]
     torch.mul(grad_gated[..., :n_id], identity, out=buf[..., :n_id])
-    torch.mul(grad_gated[..., n_id:], saved.conv_out, out=buf[..., n_id:])
+    torch.mul(grad_gated[..., n_id:], conv_out, out=buf[..., n_id:])
     if spec.act == 'gelu':
         torch.ops.aten.gelu_backward.grad_input(buf, gate, approximate=spec.gelu_approximate, grad_input=buf)
     else:
@@ -257,7 +296,8 @@ def _depthwise_conv_backward(grad: torch.Tensor, inp: torch.Tensor, weight: torc
                              need_bias: bool):
     """Input, weight and bias gradients of a stride-1, 'same'-padded depthwise conv. ``grad`` and ``inp``
     are NCHW views of NHWC tensors (channels_last memory)."""
-    backward = _depthwise_conv_backward_as_convs if grad.device.type == 'cpu' else _depthwise_conv_backward_aten
+    on_cpu = _branch_device_type(grad) == 'cpu'
+    backward = _depthwise_conv_backward_as_convs if on_cpu else _depthwise_conv_backward_aten
     grad_in, grad_weight = backward(grad, inp, weight, need_weight)
     return grad_in, grad_weight, grad.sum((0, 2, 3)) if need_bias else None
 

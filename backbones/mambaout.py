@@ -129,10 +129,10 @@ class GatedCNNBlock(nn.Module):
     """Gated CNN block: LayerNorm -> fc1 -> (gate, identity, conv) -> 7x7 depthwise conv on the conv
     part -> fc2(act(gate) * cat(identity, conv)) -> LayerScale -> drop path, plus the shortcut.
 
-    NHWC in and out. Disabled parts are ``nn.Identity`` so checkpoint keys never move. With GELU or SiLU,
-    outside torch.compile and jit tracing, the branch runs as :mod:`backbones.gated_cnn_kernel`: the same
-    forward numbers as the plain modules (:meth:`_residual_plain`), about half their activation memory
-    for backward, and faster on CPU.
+    NHWC in and out. Disabled parts are ``nn.Identity`` so checkpoint keys never move. With
+    ``memory_efficient`` and GELU or SiLU, outside torch.compile and jit tracing, the branch runs as
+    :mod:`backbones.gated_cnn_kernel`: the same forward numbers as the plain modules (:meth:`_residual_plain`),
+    about half their activation memory for backward, and faster on CPU.
 
     Args:
         dim (int): input and output channels.
@@ -143,12 +143,16 @@ class GatedCNNBlock(nn.Module):
         act_layer (type): the gate's activation. Default: ``nn.GELU``.
         drop_path (float): stochastic depth rate. Default: 0.
         with_cp (bool): recompute the block in backward (activation checkpointing). Default: False.
+        memory_efficient (bool): run the branch as the memory-lean kernel where it can; False always runs
+            the plain modules (timm's formulation, autograd through every op). Default: True.
     """
 
     def __init__(self, dim: int, expansion_ratio: float = 8 / 3, kernel_size: int = 7, conv_ratio: float = 1.0,
-                 ls_init_value=None, act_layer=nn.GELU, drop_path: float = 0., with_cp: bool = False):
+                 ls_init_value=None, act_layer=nn.GELU, drop_path: float = 0., with_cp: bool = False,
+                 memory_efficient: bool = True):
         super().__init__()
         self.with_cp = with_cp
+        self.memory_efficient = memory_efficient
         self.norm = _layer_norm(dim)
         hidden = int(expansion_ratio * dim)
         conv_channels = int(conv_ratio * dim)
@@ -168,9 +172,11 @@ class GatedCNNBlock(nn.Module):
                                             gelu_approximate=getattr(self.act, 'approximate', 'none'))
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling() or torch.jit.is_tracing() or self.kernel_spec is None:
-            # torch.compile fuses the plain graph and picks what to recompute itself; tracers (FLOP
-            # counters, ONNX export) cannot record a custom autograd Function.
+        if (not self.memory_efficient or torch.compiler.is_compiling() or torch.jit.is_tracing()
+                or self.kernel_spec is None):
+            # torch.compile fuses the plain graph and picks what to recompute itself (memory_efficient=False
+            # gives its eager fallbacks the same graph); tracers (FLOP counters, ONNX export) cannot record
+            # a custom autograd Function.
             return self._residual_plain(x)
         params = GatedCNNParams(self.norm.weight, self.norm.bias, self.fc1.weight, self.fc1.bias,
                                 self.conv.weight, self.conv.bias, self.fc2.weight, self.fc2.bias)
@@ -232,6 +238,12 @@ class MambaOut(BaseModule):
             compatibility. Default: False.
         with_cp (bool): activation checkpointing per block (saves memory, costs a second forward of
             each block). Default: False.
+        memory_efficient (bool): run the Gated CNN blocks' branch as the memory-lean kernel
+            (:mod:`backbones.gated_cnn_kernel`: same outputs and gradients, about half the activation
+            memory). False runs the plain modules (timm's formulation) everywhere: a way out if the kernel
+            misbehaves on some device, and one graph for torch.compile, eager or compiled (under
+            torch.compile the plain modules are traced anyway; False makes the eager runs, e.g. dynamo's
+            fallbacks, take them too). Default: True.
         init_cfg (dict | list[dict], optional): mmengine init config. ``dict(type='Pretrained',
             checkpoint=PATH_OR_URL[, prefix=...])`` loads official, timm, or mmdet/mmseg checkpoints
             (see :func:`backbones.checkpoint.load_pretrained`).
@@ -246,6 +258,7 @@ class MambaOut(BaseModule):
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
                  with_cp: bool = False,
+                 memory_efficient: bool = True,
                  init_cfg=(dict(type='TruncNormal', layer=['Conv2d', 'Linear'], std=.02, bias=0.),
                            dict(type='Constant', layer='LayerNorm', val=1., bias=0.))):
         super().__init__(init_cfg=copy.deepcopy(list(init_cfg)) if isinstance(init_cfg, tuple) else init_cfg)
@@ -259,11 +272,14 @@ class MambaOut(BaseModule):
                              f'k: stem and the first k stages), got {frozen_stages!r}.')
         if not 0. <= drop_path_rate < 1.:
             raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate!r}.')
+        if not isinstance(memory_efficient, bool):
+            raise TypeError(f'memory_efficient must be True or False, got {memory_efficient!r}.')
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_output_norm = with_output_norm
         self.in_channels = in_channels
         self.dims = dims
+        self.memory_efficient = memory_efficient
 
         act_layer = ACTIVATIONS[self.arch['act']]
         self.stem = Stem(in_channels, dims[0], mid_norm=self.arch['stem_mid_norm'], act_layer=act_layer)
@@ -279,6 +295,7 @@ class MambaOut(BaseModule):
                 ls_init_value=self.arch['ls_init_value'],
                 act_layer=act_layer,
                 with_cp=with_cp,
+                memory_efficient=memory_efficient,
             ) for i in range(self.out_indices[-1] + 1)])
         # Output norms only for returned stages, so that every parameter receives a gradient.
         if with_output_norm:

@@ -190,6 +190,32 @@ def test_with_cp_gives_same_outputs_and_gradients():
         torch.testing.assert_close(p1.grad, p2.grad, msg=name)
 
 
+@pytest.mark.parametrize('arch', [TINY_ARCH, dict(TINY_ARCH, act='silu', ls_init_value=0.5, expansion_ratio=3.0,
+                                                  conv_ratio=1.5)])
+def test_memory_efficient_off_runs_the_plain_modules_with_same_outputs_and_gradients(arch, monkeypatch):
+    torch.manual_seed(0)
+    lean = MambaOut(arch)
+    plain = MambaOut(arch, memory_efficient=False)
+    plain.load_state_dict(lean.state_dict())
+    x = torch.randn(2, 3, 61, 70)
+    results = {}
+    for name, model in (('lean', lean), ('plain', plain)):
+        model.train()  # drop_path_rate 0: train mode is deterministic
+        inp = x.clone().requires_grad_()
+        outputs = model(inp)
+        sum((o * torch.linspace(-1, 1, o.shape[-1])).pow(2).mean() for o in outputs).backward()
+        with torch.no_grad():
+            eval_outputs = model.eval()(x)
+        results[name] = [*outputs, *eval_outputs, inp.grad, *(p.grad for p in model.parameters())]
+        if name == 'lean':
+            # from here on the kernel cannot run: the plain model must not need it
+            monkeypatch.setattr('backbones.mambaout.gated_cnn_branch', None)
+    assert len(results['lean']) == len(results['plain']) == 8 + 1 + len(list(lean.parameters()))
+    for got, ref in zip(results['lean'], results['plain']):
+        assert got is not None and ref is not None
+        assert (got - ref).abs().max() <= 1e-5 * (1 + ref.abs().max())
+
+
 def test_drop_path_increases_linearly_over_blocks():
     model = MambaOut(TINY_ARCH, drop_path_rate=0.3)
     rates = [getattr(block.drop_path, 'drop_prob', 0.) for stage in model.stages for block in stage.blocks]
@@ -255,6 +281,7 @@ def test_default_init_is_truncated_normal_and_unit_norms():
     (dict(frozen_stages=5), ValueError, r'frozen_stages must be an int in \[-1, 4\].*got 5'),
     (dict(frozen_stages=-2), ValueError, r'got -2'),
     (dict(drop_path_rate=1.5), ValueError, r'drop_path_rate must be in \[0, 1\)'),
+    (dict(memory_efficient='no'), TypeError, r"memory_efficient must be True or False, got 'no'"),
 ])
 def test_bad_arguments_raise_clear_errors(kwargs, error, match):
     kwargs.setdefault('arch', TINY_ARCH)

@@ -1,6 +1,7 @@
 """tools/benchmark.py end to end on CPU at small shapes, and its errors (the GatedCNNBlock path it measures is
 tested in test_gated_cnn_kernel.py)."""
 import math
+import os
 import os.path as osp
 import re
 import subprocess
@@ -92,7 +93,7 @@ def test_default_shapes():
 
 def test_bad_config_path_exits_nonzero_and_names_it():
     proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'benchmark.py'), 'configs/nope.py'],
-                          capture_output=True, text=True, cwd=ROOT)
+                          capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
     assert proc.returncode != 0
     assert 'config file not found: configs/nope.py' in proc.stderr
 
@@ -116,3 +117,32 @@ def test_bad_numbers_and_device(capsys):
         with pytest.raises(SystemExit):
             benchmark.main([DET, '--device', 'cuda'])
         assert 'CUDA is not available' in capsys.readouterr().err
+
+
+def test_saved_activations_ratios_at_a_small_size(capsys):
+    # What autograd keeps for backward scales with the pixels, so the ratios at 64x96 are those at 800x1344
+    # (measured there: docs/benchmarks.md). With CUDA's autocast rules: ours / timm 0.530, ours / ConvNeXt
+    # 0.708; the issue's targets are <= 0.55 and <= 1.0.
+    results = benchmark.main([DET, '--shape', '64', '96', '--backbone-only', '--compare', '--saved-activations',
+                              '--batch-size', '1'])
+    out = capsys.readouterr().out
+    assert 'timing' not in out and set(table_rows(out)) == set(LABELS.values())
+    saved = {key: result['saved_mib'] for key, result in results.items()}
+    assert saved['ours'] <= 0.55 * saved['timm'] and saved['ours'] <= 1.0 * saved['convnext']
+    assert re.search(r'ratio ours / timm wrapper: saved activations 0\.5[0-5]\d', out)
+
+
+def test_saved_activations_of_the_whole_model(capsys):
+    results = benchmark.main([SEG, '--shape', '64', '64', '--compare', '--saved-activations', '--batch-size', '2'])
+    out = capsys.readouterr().out
+    assert '(loss)' in out and 'ratio ours / ConvNeXt: saved activations' in out
+    # the same head on each backbone: ours still keeps the least
+    assert results['ours']['saved_mib'] < min(results['timm']['saved_mib'], results['convnext']['saved_mib'])
+
+
+@pytest.mark.parametrize('extra', ['--inference-only', '--compile'])
+def test_saved_activations_refuses_what_it_cannot_count(extra, capsys):
+    with pytest.raises(SystemExit) as exc:
+        benchmark.main([DET, '--saved-activations', extra])
+    assert exc.value.code == 2
+    assert f'--saved-activations counts what an eager training forward saves: drop {extra}' in capsys.readouterr().err

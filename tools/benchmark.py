@@ -2,7 +2,7 @@
 
     python tools/benchmark.py CONFIG [--shape H W] [--batch-size N] [--amp] [--iters N] [--warmup N]
                               [--backbone-only] [--compare [--sequential]] [--device cpu|cuda] [--compile]
-                              [--threads N]
+                              [--threads N] [--saved-activations]
 
 Builds the model of an mmdet or mmseg config (the config's ``default_scope`` says which) with random
 weights (no pretrained download) and times, on random inputs of the config's input size (detection:
@@ -25,6 +25,10 @@ same per-output LayerNorms as ours) and (c) timm's ConvNeXt of the same size cla
 (tiny/small/base) with the same output norms, neck/head input channels adapted, and prints the ratios.
 ``--sequential`` measures them one after the other instead, with one model in memory at a time.
 ``--amp``: float16 autocast with a gradient scaler on CUDA, bfloat16 autocast on CPU.
+
+``--saved-activations`` times nothing: it counts the bytes autograd keeps for backward in one training forward
+of each variant, under autocast, parameters excluded (:mod:`mambaout_tools.saved_activations`), and prints them
+with the ratios. On CPU it applies CUDA's autocast rules, so the count is a GPU's activation memory.
 """
 
 import argparse
@@ -40,6 +44,7 @@ from torch import nn
 
 from mambaout_tools.models import build_model, load_config, models_registry, num_classes_of, synthetic_batch
 from mambaout_tools.peak_memory import PeakMemory
+from mambaout_tools.saved_activations import saved_activation_bytes
 
 PROG = 'benchmark.py'
 DET_DEFAULT_SHAPE = (800, 1344)  # mmdet's 1333x800 resize, padded to a multiple of 32
@@ -91,9 +96,16 @@ def parse_args(argv=None):
     parser.add_argument('--sequential', action='store_true',
                         help='with --compare, measure one variant after the other with only its model in '
                              'memory (less memory; not interleaved)')
+    parser.add_argument('--saved-activations', action='store_true',
+                        help='no timing: the bytes autograd keeps for backward in one training forward under '
+                             'autocast (fp16 on CUDA, bf16 with CUDA\'s rules on CPU: the same bytes), parameters '
+                             'excluded, per variant, and the ratios')
     args = parser.parse_args(argv)
     if args.device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda: CUDA is not available (torch.cuda.is_available() is False)')
+    if args.saved_activations and (args.inference_only or args.compile):
+        parser.error('--saved-activations counts what an eager training forward saves: drop '
+                     f'{"--inference-only" if args.inference_only else "--compile"}')
     on_cpu = args.device == 'cpu'
     args.iters = args.iters if args.iters is not None else (3 if on_cpu else 30)
     args.warmup = args.warmup if args.warmup is not None else (1 if on_cpu else 10)
@@ -236,17 +248,23 @@ class Variant:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
-    def train_step(self):
+    def training_forward(self):
+        """The forward of a train step, in train mode: the backbone's outputs or the model's losses."""
         self.model.train()
         if self.args.backbone_only:
+            return self.model(self.inputs)
+        return self.model(self.inputs, self.samples, mode='loss')
+
+    def train_step(self):
+        if self.args.backbone_only:
             with self._autocast():
-                loss = sum(out.float().mean() for out in self.model(self.inputs))
+                loss = sum(out.float().mean() for out in self.training_forward())
             loss.backward()
             for p in self.model.parameters():
                 p.grad = None
             return
         with self._autocast():
-            losses = self.model(self.inputs, self.samples, mode='loss')
+            losses = self.training_forward()
         loss, _ = self.model.parse_losses(losses)
         if not torch.isfinite(loss):
             raise RuntimeError(f'{self.label}: non-finite loss {loss.item()}')
@@ -293,6 +311,15 @@ def fmt(value, digits=1):
     return 'n/a' if value is None or math.isnan(value) else f'{value:.{digits}f}'
 
 
+def print_table(headers, rows):
+    """A Markdown table, columns padded to their widest cell."""
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    print('\n| ' + ' | '.join(h.ljust(w) for h, w in zip(headers, widths)) + ' |')
+    print('|' + '|'.join('-' * (w + 2) for w in widths) + '|')
+    for row in rows:
+        print('| ' + ' | '.join(str(x).ljust(w) for x, w in zip(row, widths)) + ' |')
+
+
 def report(variants, args, memory_method):
     on_cpu = args.device == 'cpu'
     what = 'fwd+bwd' if args.backbone_only else 'train step'
@@ -314,12 +341,7 @@ def report(variants, args, memory_method):
         keep = (0, 1, 5)
         headers = [headers[i] for i in keep]
         rows = [[row[i] for i in keep] for row in rows]
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    line = '| ' + ' | '.join(h.ljust(w) for h, w in zip(headers, widths)) + ' |'
-    print('\n' + line)
-    print('|' + '|'.join('-' * (w + 2) for w in widths) + '|')
-    for row in rows:
-        print('| ' + ' | '.join(str(x).ljust(w) for x, w in zip(row, widths)) + ' |')
+    print_table(headers, rows)
     ours = results.get('ours')
     for key, name in (('timm', 'timm wrapper'), ('convnext', 'ConvNeXt')):
         other = results.get(key)
@@ -359,9 +381,10 @@ def run(args):
     device_name = torch.cuda.get_device_name() if args.device == 'cuda' else f'cpu, {torch.get_num_threads()} threads'
     mode = 'backbone only (forward + backward)' if args.backbone_only else 'full model (train step + predict)'
     print(f'config: {args.config} ({scope}), {mode}')
-    print(f'torch {torch.__version__}, device: {device_name}, input {args.batch_size}x3x{shape[0]}x{shape[1]}, '
-          f'{"AMP " + ("fp16" if args.device == "cuda" else "bf16") if args.amp else "fp32"}, '
-          f'warm-up {args.warmup}, iters {args.iters}{", torch.compile" if args.compile else ""}')
+    timing = ('' if args.saved_activations else
+              f', {"AMP " + ("fp16" if args.device == "cuda" else "bf16") if args.amp else "fp32"}, '
+              f'warm-up {args.warmup}, iters {args.iters}{", torch.compile" if args.compile else ""}')
+    print(f'torch {torch.__version__}, device: {device_name}, input {args.batch_size}x3x{shape[0]}x{shape[1]}{timing}')
 
     def make_variant(key, label, backbone_cfg):
         torch.manual_seed(0)
@@ -375,6 +398,8 @@ def run(args):
         print(f'built {label}: backbone {variant.params_m:.1f} M parameters', flush=True)
         return variant
 
+    if args.saved_activations:
+        return report_saved_activations(args, make_variant, variant_backbones(cfg.model.backbone, args.compare))
     if args.sequential:
         variants = []
         for backbone in variant_backbones(cfg.model.backbone, args.compare):
@@ -386,6 +411,28 @@ def run(args):
         variants = [make_variant(*backbone) for backbone in variant_backbones(cfg.model.backbone, args.compare)]
         measure(variants, args, memory)
     return report(variants, args, memory.method)
+
+
+def report_saved_activations(args, make_variant, backbones):
+    """Build the variants of ``backbones`` one at a time with ``make_variant``, count what one training
+    forward of each saves for backward, print the table and the ratios; ``{key: {'saved_mib': ...}}``."""
+    dtype = 'fp16' if args.device == 'cuda' else "bf16 with CUDA's fp32 rule for norms and softmax"
+    what = 'backbone' if args.backbone_only else 'model (loss)'
+    print(f'counting the bytes saved for backward in one training forward of the {what}, autocast {dtype}, '
+          'parameters excluded...', flush=True)
+    results, rows = {}, []
+    for backbone in backbones:
+        variant = make_variant(*backbone)
+        saved_mib = saved_activation_bytes(variant.training_forward, variant.model, args.device) / 2**20
+        variant.release()
+        results[variant.key] = dict(saved_mib=saved_mib)
+        rows.append((variant.label, fmt(variant.params_m), fmt(saved_mib)))
+    print_table(('variant', 'params (M)', 'saved for backward (MiB)'), rows)
+    for key, name in (('timm', 'timm wrapper'), ('convnext', 'ConvNeXt')):
+        if key in results:
+            ratio = results['ours']['saved_mib'] / results[key]['saved_mib']
+            print(f'ratio ours / {name}: saved activations {ratio:.3f}  (< 1: ours keeps less)')
+    return results
 
 
 def measure(variants, args, memory):
