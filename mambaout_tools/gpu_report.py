@@ -109,7 +109,13 @@ def build_steps(dry_run: bool) -> List[Step]:
         Step('upernet', f'UperNet train step, batch {seg_batch}, FP16 AMP: ours vs timm wrapper vs ConvNeXt-T',
              bench + [SEG_CONFIG, *fp16, '--batch-size', seg_batch, *seg_shape, *bench_tiny],
              _model_targets('UperNet')),
-        # >>> LEAD: the `tools/benchmark.py --saved-activations` step goes here, after merging (issue 14) <<<
+        # The same number on any device (CPU applies CUDA's autocast rules), so the dry run measures it exactly.
+        Step('saved-activations', 'Backbone activations kept for backward, batch 2, FP16 autocast: ours vs timm vs '
+                                  'ConvNeXt-T',
+             bench + [DET_CONFIG, '--backbone-only', '--compare', '--saved-activations', '--batch-size', '2',
+                      *det_shape, *bench_tiny[:2]],
+             [Target('backbone saved activations <= 0.55x timm', 'timm wrapper', 'saved activations', 0.55),
+              Target('backbone saved activations <= ConvNeXt-T', 'ConvNeXt', 'saved activations', 1.0)]),
         Step('runner-det', 'Mask R-CNN: real FP16 iterations through the Runner on synthetic full-size data',
              ['tools/runner_check.py', DET_CONFIG, *(runner_tiny or ['--iters', '30'])]),
         Step('runner-seg', 'UperNet: real FP16 iterations through the Runner on synthetic full-size data',
