@@ -1,6 +1,6 @@
 """tools/export_onnx.py: the toy segmentor end to end, a detector's backbone + neck and a backbone exported to
 ONNX, ONNX Runtime within 1e-4 of PyTorch at the export size and at other sizes with the same file, the
-checkpoint's weights in the file, and the errors (bad arguments: exit 2; a difference above --atol: exit 1).
+checkpoint's weights in the file, the README's onnxruntime lines, and the errors (bad arguments: exit 2; a difference above --atol: exit 1).
 
 The fast tests use the TorchScript exporter (about a second per export); the slow ones run the tool as users
 do, with torch's default dynamo exporter (10-20 s per export on the toy models).
@@ -193,3 +193,43 @@ def test_graph_that_kept_the_example_size_is_one_error(tmp_path):
     assert onnx_export.max_abs_differences(Flatten(), session, torch.randn(1, 3, 32, 32), ['flat']) == {'flat': 0.}
     with pytest.raises(RuntimeError, match=r'ONNX Runtime fails on an input of shape \(1, 3, 64, 32\): .*Reshape'):
         onnx_export.max_abs_differences(Flatten(), session, torch.randn(1, 3, 64, 32), ['flat'])
+
+
+def readme_onnxruntime_snippet():
+    """The README's five lines of onnxruntime Python (section "Deployment: ONNX")."""
+    with open(osp.join(ROOT, 'README.md')) as f:
+        readme = f.read()
+    section = readme.split('**Run it with ONNX Runtime**')[1]
+    return section.split('```python\n')[1].split('```')[0]
+
+
+def test_readme_onnxruntime_snippet_gives_mmsegs_label_map(tmp_path):
+    """The README's snippet, run as written on an exported toy segmentor and an image, gives the label map of
+    mmseg's own inference (``mmseg.apis.inference_model``) of the same checkpoint."""
+    import cv2
+    import numpy as np
+    from mmseg.apis import inference_model, init_model
+
+    checkpoint = untrained_checkpoint(TOY_SEG, tmp_path / 'upernet.pth')
+    export_onnx.main([TOY_SEG, '--checkpoint', checkpoint, '--out', str(tmp_path / 'upernet_t.onnx'),
+                      '--shape', '128', '128', *FAST])
+    # 128x128: the toy test pipeline's resize (scale (512, 128), keep ratio) leaves it as it is
+    image = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / 'demo.jpg'), image)
+
+    snippet = readme_onnxruntime_snippet()
+    assert len(snippet.strip().splitlines()) == 5
+    namespace = {}
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        exec(snippet, namespace)
+    finally:
+        os.chdir(cwd)
+
+    model = init_model(TOY_SEG, checkpoint, device='cpu')
+    expected = inference_model(model, str(tmp_path / 'demo.jpg')).pred_sem_seg.data[0].numpy()
+    labels = namespace['labels']
+    assert labels.shape == expected.shape == (128, 128)
+    # random weights: a pixel whose two best classes tie within ORT's 1e-5 may flip, nothing more
+    assert (labels == expected).mean() >= 0.999
