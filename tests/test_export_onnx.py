@@ -1,6 +1,7 @@
 """tools/export_onnx.py: the toy segmentor end to end, a detector's backbone + neck and a backbone exported to
 ONNX, ONNX Runtime within 1e-4 of PyTorch at the export size and at other sizes with the same file, the
-checkpoint's weights in the file, the README's onnxruntime lines, and the errors (bad arguments: exit 2; a difference above --atol: exit 1).
+checkpoint's weights in the file, the README's onnxruntime lines, and the errors (bad arguments: exit 2; a
+difference above --atol: exit 1).
 
 The fast tests use the TorchScript exporter (about a second per export); the slow ones run the tool as users
 do, with torch's default dynamo exporter (10-20 s per export on the toy models).
