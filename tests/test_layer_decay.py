@@ -1,9 +1,11 @@
 """Layer-wise learning-rate decay (MambaOutLearningRateDecayOptimizerConstructor) through mmengine's
 build_optim_wrapper, as a config's ``optim_wrapper`` reaches it, in mmdet and in mmseg."""
+import argparse
 import re
 
 import pytest
 import torch
+from mmengine.config import DictAction
 from mmengine.optim import build_optim_wrapper
 
 from mambaout_tools.models import build_model, load_config
@@ -106,3 +108,25 @@ def test_example_config_decays_as_documented():
     assert lr_of['backbone.stages.0.blocks.0.norm.weight'] == pytest.approx(lr * 0.9 ** 12)
     norm_group = next(g for g in groups if g['params'][0] is model.backbone.stages[0].blocks[0].norm.weight)
     assert norm_group['weight_decay'] == 0  # the paper recipe's weight-decay rules are kept
+
+
+def test_readme_convnext_cascade_options_on_the_cascade_config():
+    """The README's ``--cfg-options`` for ConvNeXt-T's Cascade values (section "Longer schedules"), merged into
+    the Cascade config as ``tools/train.py`` merges them: eight lr levels, 2e-4 * 0.7 ** (7 - layer_id)."""
+    with open('README.md') as f:
+        line = re.search(r'`--cfg-options (optim_wrapper\.constructor=MambaOut[^`]*)`', f.read()).group(1)
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)  # as tools/train.py and mmdet's train.py
+    cfg = load_config('configs/cascade_mask_rcnn_mambaout_t_3x_ms.py')
+    cfg.merge_from_dict(parser.parse_args(['--cfg-options', *line.split()]).cfg_options)
+    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    # mmengine's AmpOptimWrapper wants a GPU; the plain wrapper builds the same parameter groups
+    cfg.optim_wrapper.type = 'OptimWrapper'
+    cfg.optim_wrapper.pop('loss_scale')
+    model = build_model(cfg)
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    lrs = sorted({group['lr'] for group in wrapper.optimizer.param_groups})
+    assert lrs == pytest.approx(sorted(2e-4 * 0.7 ** (7 - layer_id) for layer_id in range(8)))
+    heads = {id(p) for name, p in model.named_parameters() if not name.startswith('backbone.')}
+    assert all(group['lr'] == pytest.approx(2e-4) for group in wrapper.optimizer.param_groups
+               if any(id(p) in heads for p in group['params']))
