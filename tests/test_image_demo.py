@@ -138,3 +138,16 @@ def test_checkpoint_refused_by_weights_only_loading_is_one_clear_error(toy_dir):
         result.stderr[-3000:]
     assert f"torch.load('{checkpoint}', weights_only=False)" in error and not (toy_dir / 'PWNED').exists()
     assert not (toy_dir / 'evil.png').exists()
+
+
+@pytest.mark.parametrize('empty_masks', [torch.zeros(0, 16, 24).bool(), torch.zeros(0)], ids=['0xHxW', '1-D'])
+def test_upscale_gives_an_empty_prediction_the_pictures_size(empty_masks):
+    """A detector that finds nothing (an untrained one, often) still has masks, (0, H, W) or an empty 1-D tensor:
+    they must take the picture's size, or mmengine's draw_binary_masks refuses them."""
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+
+    from tools.image_demo import upscale
+    sample = DetDataSample(pred_instances=InstanceData(bboxes=torch.zeros(0, 4), labels=torch.zeros(0).long(),
+                                                       scores=torch.zeros(0), masks=empty_masks))
+    assert upscale(sample, 3, (48, 72)).pred_instances.masks.shape == (0, 48, 72)

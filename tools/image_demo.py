@@ -118,16 +118,19 @@ def ground_truth(cfg, image, annotation, classes):
     return SegDataSample(gt_sem_seg=PixelData(data=torch.from_numpy(label_map)[None]))
 
 
-def upscale(sample, factor):
-    """``sample``'s boxes, masks and label maps ``factor`` times larger (nearest: the pixels stay visible)."""
+def upscale(sample, factor, size):
+    """``sample``'s boxes, masks and label maps ``factor`` times larger (nearest: the pixels stay visible);
+    ``size`` is the upscaled image's (H, W)."""
     from mmengine.structures import PixelData
     for field in ('gt_instances', 'pred_instances'):
         if field in sample:
             instances = sample.get(field)
             instances.bboxes = instances.bboxes * factor
-            if 'masks' in instances and len(instances.masks):
-                instances.masks = torch.as_tensor(instances.masks).repeat_interleave(factor, 1).repeat_interleave(
-                    factor, 2)
+            if 'masks' in instances:
+                masks = torch.as_tensor(instances.masks)
+                # no instance: mmdet may hand an empty 1-D tensor; the visualizer wants (0, H, W) of the picture
+                instances.masks = (masks.repeat_interleave(factor, 1).repeat_interleave(factor, 2) if len(masks)
+                                   else torch.zeros((0, *size), dtype=torch.bool))
     for field in ('gt_sem_seg', 'pred_sem_seg'):
         if field in sample:  # a PixelData keeps its first size: a new one
             label_map = sample.get(field).data.repeat_interleave(factor, 1).repeat_interleave(factor, 2)
@@ -141,8 +144,8 @@ def draw(inferencer, image, sample, score_thr, opacity, long_side):
     or more, and the drawn classes as ``(name, RGB colour)`` pairs in their colours."""
     rgb = mmcv.imread(image, channel_order='rgb')
     factor = max(1, -(-long_side // max(rgb.shape[:2])))
-    sample = upscale(sample, factor)
     rgb = rgb.repeat(factor, 0).repeat(factor, 1)
+    sample = upscale(sample, factor, rgb.shape[:2])
     visualizer, meta = inferencer.visualizer, inferencer.model.dataset_meta  # the checkpoint's class names
     detector = inferencer.cfg.default_scope == 'mmdet'
     if detector:
