@@ -85,6 +85,17 @@ def test_seg_batch_one_is_a_clear_error(capsys):
     assert 'use --batch-size 2 or more' in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('option', ['--amp', '--saved-activations'])
+def test_bfloat16_detector_on_cpu_is_one_clear_error(option, capsys):
+    """mmcv 2.1.0's CPU NMS has no bfloat16 kernel: one message saying what to do, not mmcv's RuntimeError."""
+    with pytest.raises(SystemExit) as exc:
+        benchmark.main([DET, option, '--device', 'cpu', '--shape', '64', '64', *FAST])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f'{option} of a whole detector on CPU' in err and "mmcv 2.1.0's CPU NMS" in err
+    assert 'add --backbone-only, drop --amp, or use --device cuda' in err
+
+
 def test_default_shapes():
     from mmengine.config import Config
     assert benchmark.default_shape(Config.fromfile(DET), 'mmdet') == (800, 1344)

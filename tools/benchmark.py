@@ -373,6 +373,11 @@ def run(args):
     scope = cfg.default_scope
     if cfg.model.get('backbone') is None:
         raise ValueError(f'{args.config}: no model.backbone in the config')
+    if args.device == 'cpu' and scope == 'mmdet' and not args.backbone_only and (args.amp or args.saved_activations):
+        # found before building anything: otherwise a RuntimeError from deep inside mmcv's extension
+        raise ValueError(f'{"--amp" if args.amp else "--saved-activations"} of a whole detector on CPU runs it under '
+                         "bfloat16 autocast, and mmcv 2.1.0's CPU NMS (in the RPN) has no bfloat16 kernel: add "
+                         '--backbone-only, drop --amp, or use --device cuda')
     models_registry(scope).register_module(name=TIMM_VARIANT, module=TimmFeatures, force=True)
 
     shape = tuple(args.shape) if args.shape else default_shape(cfg, scope)
