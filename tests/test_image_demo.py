@@ -69,7 +69,8 @@ def test_picture_with_drawing_and_legend(toy_dir, config, options, fmt):
     image = mmcv.imread(str(toy_dir / IMAGES[config]))
     picture = mmcv.imread(str(out))
     height, width = image.shape[:2]
-    assert picture.shape[0] > height and picture.shape[1] >= width
+    # one panel, the prediction (no empty ground truth beside it), above the legend
+    assert picture.shape[0] > height and width <= picture.shape[1] < 2 * width, picture.shape
     # the prediction is drawn on the image (boxes and masks; the label map)
     changed = np.abs(picture[:height, :width].astype(int) - image.astype(int)).max(axis=2) > 30
     assert changed.mean() > 0.02, changed.mean()
@@ -99,7 +100,7 @@ def ground_truth_classes(config, toy_dir):
 
 @pytest.mark.parametrize('config', [DET, SEG], ids=['detector', 'segmentor'])
 def test_ground_truth_drawn_beside_the_prediction_at_readable_size(toy_dir, config):
-    from tools.misc.image_demo import LEGEND_ROW, MARGIN
+    from mambaout_tools.visualize import LEGEND_ROW, MARGIN
     checkpoint = untrained_checkpoint(config, toy_dir / f'{os.path.basename(config)[:-3]}_gt.pth')
     out = toy_dir / 'pictures' / f'{os.path.basename(config)[:-3]}_gt.png'
     result = image_demo(toy_dir, config, checkpoint, out, '--gt', str(toy_dir / GROUND_TRUTH[config]))
@@ -147,7 +148,7 @@ def test_upscale_gives_an_empty_prediction_the_pictures_size(empty_masks):
     from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
 
-    from tools.misc.image_demo import upscale
+    from mambaout_tools.visualize import upscale
     sample = DetDataSample(pred_instances=InstanceData(bboxes=torch.zeros(0, 4), labels=torch.zeros(0).long(),
                                                        scores=torch.zeros(0), masks=empty_masks))
     assert upscale(sample, 3, (48, 72)).pred_instances.masks.shape == (0, 48, 72)

@@ -1,7 +1,7 @@
 """A web page that runs a MambaOut detector and segmentor on an image (Gradio, served on 127.0.0.1).
 
     python tools/misc/web_demo.py [--det CONFIG CHECKPOINT] [--seg CONFIG CHECKPOINT] [--device cpu|cuda]
-                                  [--port 7860] [--examples DIR]
+                                  [--port 7860] [--score-thr 0.3] [--examples DIR]
 
 Without --det/--seg it serves the toy models that ``make demo`` trains: configs/toy/ with the latest checkpoints
 of work_dirs/demo/mask_rcnn and work_dirs/demo/upernet. Pick one of the example images (the first validation
@@ -20,21 +20,19 @@ import os
 import os.path as osp
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
 
-# Before Gradio is imported: it reads this once (analytics and its version check on PyPI's mirror of it).
+# Before Gradio is imported, which reads it once: no analytics, no look-up of a newer Gradio version.
 os.environ['GRADIO_ANALYTICS_ENABLED'] = 'False'
 
 import torch  # noqa: E402
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, osp.join(ROOT, 'tools'))  # prototype: image_demo's functions move to mambaout_tools
-from image_demo import build_inferencer, draw, predict, with_legend  # noqa: E402
-from mambaout_tools.models import load_config  # noqa: E402
+from mambaout_tools.visualize import SCORE_THR, draw_with_legend, load_inferencer, predict  # noqa: E402
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DET_NAME, SEG_NAME = 'Mask R-CNN-MambaOut', 'UperNet-MambaOut'
 # What `make demo` (tools/misc/demo.py) trains, and where its checkpoints go.
 DEMO_MODELS = {DET_NAME: (osp.join('configs', 'toy', 'mask_rcnn_mambaout_toy.py'),
@@ -42,7 +40,6 @@ DEMO_MODELS = {DET_NAME: (osp.join('configs', 'toy', 'mask_rcnn_mambaout_toy.py'
                SEG_NAME: (osp.join('configs', 'toy', 'upernet_mambaout_toy.py'),
                           osp.join('work_dirs', 'demo', 'upernet'))}
 EXAMPLES_PER_SET = 3  # validation images of each toy set offered as examples
-SCORE_THR, OPACITY, LONG_SIDE = 0.3, 0.8, 512  # image_demo's defaults
 TITLE = 'MambaOut in mmdet and mmseg'
 
 
@@ -54,6 +51,8 @@ def parse_args(argv=None):
                         help="the segmentor (default: make demo's UperNet-MambaOut)")
     parser.add_argument('--device', default='cuda:0' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--port', type=int, default=7860, help='the port on 127.0.0.1')
+    parser.add_argument('--score-thr', type=float, default=SCORE_THR,
+                        help="the detection score threshold the page starts with (image_demo's default)")
     parser.add_argument('--examples', default=osp.join(ROOT, 'data', 'toy'),
                         help='the toy dataset whose first validation images are the examples (make demo writes it)')
     return parser.parse_args(argv)
@@ -72,17 +71,11 @@ def demo_model(name):
     return config, checkpoint
 
 
-def load_model(name, given, device):
-    """The inferencer of ``given`` (``[config, checkpoint]``) or of ``make demo``'s model."""
-    config, checkpoint = given or demo_model(name)
-    for path, what in ((config, 'config'), (checkpoint, 'checkpoint')):
-        if not osp.isfile(path):
-            raise SystemExit(f'error: {name} {what} not found: {path}')
+def load_model(name, config, checkpoint, device):
     try:
-        cfg = load_config(config)
+        return load_inferencer(config, checkpoint, device)
     except ValueError as err:
-        raise SystemExit(f'error: {err}') from None
-    return build_inferencer(cfg, checkpoint, device)
+        raise SystemExit(f'error: {name}: {err}') from None
 
 
 def example_images(toy_dir):
@@ -94,10 +87,10 @@ def example_images(toy_dir):
     found = first(toy_dir)
     if all(found):
         return [image for images in found for image in images]
-    from make_toy_data import make_toy_data
     made = tempfile.mkdtemp(prefix='mambaout-web-demo-')
     atexit.register(shutil.rmtree, made, ignore_errors=True)
-    make_toy_data(made, num_train=1, num_val=EXAMPLES_PER_SET)
+    subprocess.run([sys.executable, osp.join(osp.dirname(osp.abspath(__file__)), 'make_toy_data.py'), '--out', made,
+                    '--num-train', '1', '--num-val', str(EXAMPLES_PER_SET)], check=True, stdout=subprocess.DEVNULL)
     return [image for images in first(made) for image in images]
 
 
@@ -124,9 +117,7 @@ def make_predict(detector, segmentor, device):
         synchronize(device)
         predicted = time.perf_counter()
         rows = detections_table(inferencer, sample) if 'pred_instances' in sample else None
-        picture, entries = draw(inferencer, image, sample, score_thr, OPACITY, LONG_SIDE)
-        empty_note = f'no object scores {score_thr} or more' if rows is not None else 'no class predicted'
-        picture = with_legend(picture, entries, empty_note)
+        picture = draw_with_legend(inferencer, image, sample, score_thr)
         return picture, rows, (predicted - start, time.perf_counter() - predicted)
 
     def predict_page(image, score_thr):
@@ -146,7 +137,7 @@ def device_name(device):
     return f'{device} ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else 'cpu'
 
 
-def build_page(predict_page, examples, det_checkpoint, seg_checkpoint, device):
+def build_page(predict_page, examples, det_checkpoint, seg_checkpoint, device, score_thr):
     """The page: the image, the threshold and the examples on the left; both pictures, the time taken and the
     table of detections on the right. An upload, a click on an example, Submit and a new threshold predict."""
     import gradio as gr
@@ -160,7 +151,7 @@ def build_page(predict_page, examples, det_checkpoint, seg_checkpoint, device):
         with gr.Row():
             with gr.Column(scale=1):
                 image = gr.Image(type='filepath', label='image', sources=['upload'], elem_id='image')
-                score_thr = gr.Slider(0, 1, value=SCORE_THR, step=0.05, label='detection score threshold')
+                score_thr = gr.Slider(0, 1, value=score_thr, step=0.05, label='detection score threshold')
                 submit = gr.Button('Submit', variant='primary')
                 gr.Examples(examples, inputs=image, label='toy examples')
             with gr.Column(scale=3):
@@ -186,11 +177,12 @@ def main(argv=None):
         raise SystemExit('error: the web demo needs Gradio, an optional extra: pip install -e ".[demo]"') from None
     if torch.device(args.device).type == 'cuda' and not torch.cuda.is_available():
         raise SystemExit(f'error: --device {args.device} but torch sees no CUDA device: pass --device cpu')
-    detector = load_model(DET_NAME, args.det, args.device)
-    segmentor = load_model(SEG_NAME, args.seg, args.device)
+    (det_config, det_checkpoint), (seg_config, seg_checkpoint) = args.det or demo_model(DET_NAME), \
+        args.seg or demo_model(SEG_NAME)
+    detector = load_model(DET_NAME, det_config, det_checkpoint, args.device)
+    segmentor = load_model(SEG_NAME, seg_config, seg_checkpoint, args.device)
     page = build_page(make_predict(detector, segmentor, args.device), example_images(args.examples),
-                      args.det[1] if args.det else demo_model(DET_NAME)[1],
-                      args.seg[1] if args.seg else demo_model(SEG_NAME)[1], args.device)
+                      det_checkpoint, seg_checkpoint, args.device, args.score_thr)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a plain exit: the temporary examples are removed
     try:
         page.launch(server_name='127.0.0.1', server_port=args.port, share=False, show_error=True)
