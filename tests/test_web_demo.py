@@ -26,7 +26,6 @@ from conftest import untrained_checkpoint
 from mmengine.config import Config
 
 from mambaout_tools.visualize import LONG_SIDE
-
 from tools.misc import web_demo
 from tools.misc.image_demo import main as image_demo_main
 from tools.misc.make_toy_data import make_toy_data
@@ -38,8 +37,8 @@ IMAGE = os.path.join('coco', 'val', 'toy_val_00000.jpg')
 SCORE_THR = 0.05  # an untrained detector scores low: at 0.05 it draws boxes and masks
 # Chromium here: no sandbox (root), no GPU, nothing fetched for itself. Playwright adds --headless and a fresh
 # --user-data-dir of its own.
-CHROMIUM_FLAGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-                  '--disable-component-update', '--disable-sync']
+CHROMIUM_FLAGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+                  '--disable-background-networking', '--disable-component-update', '--disable-sync']
 SERVER_START_S, PREDICTION_S = 300, 180  # bounds on a loaded 2-core machine, not targets
 # The page's pictures against image_demo's: the same code on the same file and checkpoint, so equal but for
 # float rounding between two processes, which may move a mask or box edge: at most this share of pixels may

@@ -132,6 +132,12 @@ def make_predict(detector, segmentor, device):
     return predict_page
 
 
+def in_repo(path):
+    """``path`` relative to the repository when inside it (shorter on the page), else as it is."""
+    path = osp.abspath(path)
+    return osp.relpath(path, ROOT) if path.startswith(ROOT + os.sep) else path
+
+
 def device_name(device):
     device = torch.device(device)
     return f'{device} ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else 'cpu'
@@ -144,7 +150,7 @@ def build_page(predict_page, examples, det_checkpoint, seg_checkpoint, device, s
     description = (
         f'{DET_NAME} (mmdet) and {SEG_NAME} (mmseg) on one image, with the MambaOut backbone '
         '([MambaOut: Do We Really Need Mamba for Vision?](https://arxiv.org/abs/2405.07992)). Upload an image or '
-        f'click one of the examples.\n\nDetector: `{det_checkpoint}`. Segmentor: `{seg_checkpoint}`. '
+        f'click one of the examples.\n\nDetector: `{in_repo(det_checkpoint)}`. Segmentor: `{in_repo(seg_checkpoint)}`. '
         f'Device: {device_name(device)}.')
     with gr.Blocks(title=TITLE, analytics_enabled=False) as page:
         gr.Markdown(f'# {TITLE}\n\n{description}')
@@ -165,7 +171,8 @@ def build_page(predict_page, examples, det_checkpoint, seg_checkpoint, device, s
                                      label='detections', elem_id='detections-table')
         outputs = [detections, table, segmentation, timing]
         for event in (image.change, submit.click, score_thr.release):
-            event(predict_page, [image, score_thr], outputs)
+            # one prediction at a time, whichever event asks: the inferencers' visualizers keep what they draw
+            event(predict_page, [image, score_thr], outputs, concurrency_limit=1, concurrency_id='predict')
     return page
 
 
