@@ -1,15 +1,26 @@
 """Export a MambaOut segmentor, detector or backbone to ONNX and check the file against PyTorch with ONNX Runtime.
 
-    python tools/deployment/export_onnx.py CONFIG [--checkpoint CKPT] --out FILE [--shape H W] [--backbone-only]
+    python tools/deployment/export_onnx.py CONFIG [--checkpoint CKPT] --out FILE [--shape H W]
+                                           [--backbone-only | --neck-only] [--test-set]
                                            [--exporter dynamo|torchscript] [--opset N] [--atol 1e-4] [--runs N]
 
 What is exported: for an mmseg config the segmentor end to end, its class
 logits at the input's resolution (``logits``, ``(N, classes, H, W)``: backbone, neck, decode head and the
-bilinear resize of mmseg's inference); for an mmdet config the backbone + neck (``neck0``...: the FPN feature
-maps), since mmdeploy 1.3.1, which would export the detector with its RoI heads and post-processing, does not
-run with torch 2.14 (README, "Deployment: ONNX"); with ``--backbone-only`` the backbone's stage outputs
-(``stage0``...). The input ``input`` is the image after the config's data preprocessor (mean/std, RGB, padding),
-as with mmdeploy; batch, height and width are dynamic.
+bilinear resize of mmseg's inference); for an mmdet Mask R-CNN config the detector end to end (``boxes``,
+``scores``, ``labels``, ``masks``: backbone, FPN, RPN with its NMS, RoI heads with class-wise NMS and the mask
+head, in standard ONNX operators, see :class:`TwoStageDetectorEndToEnd`; batch 1), since mmdeploy 1.3.1, which
+exports detectors with mmcv's custom operators, does not run with torch 2.14 (README, "Deployment: ONNX");
+with ``--neck-only`` a detector's backbone + neck (``neck0``...: the FPN feature maps); with ``--backbone-only``
+the backbone's stage outputs (``stage0``...). The input ``input`` is the image after the config's data
+preprocessor (mean/std, RGB, padding), as with mmdeploy; batch (1 for a whole detector), height and width are
+dynamic.
+
+The check of a whole detector: mmdet's own ``predict`` and the file on a random image of ``--shape`` and one of
+another size (detections count, smallest IoU of each box with mmdet's, largest score difference, pasted mask
+pixels that agree); with ``--test-set`` also the config's test set through mmdet's ``test_step`` and through the
+file (boxes rescaled and masks pasted as mmdet does, :func:`onnx_instances`), and both bbox/segm mAP of the
+config's evaluator. It exits 1 when counts differ, an IoU is below 0.99, a score differs by more than
+``--atol``, masks agree on less than 99% of the pixels, or an mAP is more than 0.01 from mmdet's.
 
 The check: ONNX Runtime (CPU) and PyTorch run the same random image of ``--shape`` (default 512x512), batch 1,
 and then a batch of two images of another size with the same file; the tool prints the largest absolute
@@ -141,9 +152,9 @@ def exportable_part(model: nn.Module, scope: str, example: torch.Tensor,
     """What gets exported from an mmdet/mmseg ``model``: ``(module, output names, description)``; the names
     count the outputs of one run on ``example``.
 
-    Segmentors: the logits at input resolution (:class:`SegmentorLogits`). Detectors: backbone + neck (mmdeploy
-    1.3.1, which exports whole detectors with their post-processing, does not work with torch 2.14: see the
-    README's deployment section). ``backbone_only``: the backbone's stage outputs.
+    Segmentors: the logits at input resolution (:class:`SegmentorLogits`). Detectors: backbone + neck (what
+    ``--neck-only`` exports; the whole detector is :class:`TwoStageDetectorEndToEnd`). ``backbone_only``: the
+    backbone's stage outputs.
     """
     if scope not in ('mmdet', 'mmseg'):
         raise ValueError(f'scope must be mmdet or mmseg, got {scope!r}')
