@@ -97,7 +97,7 @@ def test_guide_quick_try_trains_tests_and_draws_with_custom_classes(tmp_path):
     for checkpoint, head_key, outputs_per_class in (
             (det / 'epoch_1.pth', 'roi_head.bbox_head.fc_cls.weight', len(CLASSES) + 1),  # + background
             (seg / 'iter_8.pth', 'decode_head.conv_seg.weight', len(CLASSES))):
-        state = torch.load(checkpoint, map_location='cpu')
+        state = torch.load(checkpoint, map_location='cpu', weights_only=True)
         assert tuple(state['meta']['dataset_meta']['classes']) == CLASSES
         assert state['state_dict'][head_key].shape[0] == outputs_per_class
     # mmseg's per-class IoU table of the test log names them

@@ -65,7 +65,7 @@ def test_dist_train_and_dist_test_with_two_cpu_processes(toy_dir):
 
 
 def final_weights(work_dir, name):
-    state = torch.load(work_dir / name, map_location='cpu', weights_only=False)['state_dict']
+    state = torch.load(work_dir / name, map_location='cpu', weights_only=True)['state_dict']
     return {k: v for k, v in state.items() if v.is_floating_point()}
 
 
