@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import untrained_checkpoint
+from conftest import tool_env, untrained_checkpoint
 
 from mambaout_tools.models import build_model, load_config
 from tools.deployment import export_onnx
@@ -165,7 +165,7 @@ def test_bad_arguments_exit_2(args, message, capsys):
 def test_tool_with_default_exporter(config, outputs, tmp_path):
     """As users run it: a process, torch's default (dynamo) exporter; the file then runs at a third size."""
     out = tmp_path / 'model.onnx'
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    env = tool_env(OMP_NUM_THREADS='1')
     run = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'deployment', 'export_onnx.py'), config, '--out', str(out),
                           '--shape', '64', '64', '--runs', '1'], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=600)

@@ -11,7 +11,7 @@ import mmcv
 import numpy as np
 import pytest
 import torch
-from conftest import untrained_checkpoint
+from conftest import tool_env, untrained_checkpoint
 from mmengine.config import Config
 
 from tools.misc.make_toy_data import make_toy_data
@@ -36,7 +36,7 @@ def toy_dir(tmp_path_factory):
 
 
 def image_demo(cwd, config, checkpoint, out, *options):
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    env = tool_env(OMP_NUM_THREADS='1')
     return subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'misc', 'image_demo.py'), IMAGES[config], config,
                            str(checkpoint), '--out', str(out), '--device', 'cpu', *options],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=600)

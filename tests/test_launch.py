@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 from PIL import Image
+from conftest import tool_env
 
 from tools.misc.make_toy_data import make_toy_data
 
@@ -29,7 +30,7 @@ def toy_dir(tmp_path_factory):
 
 
 def run(args, cwd, nproc=None, timeout=600):
-    env = dict(os.environ, PYTHONPATH=ROOT, PYTHON=sys.executable, OMP_NUM_THREADS='1',
+    env = tool_env(PYTHON=sys.executable, OMP_NUM_THREADS='1',
                PORT=str(29500 + os.getpid() % 1000))
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     return result

@@ -36,7 +36,11 @@ def stock_script(library, name):
 
 
 def run(args, cwd):
+    # This repository off PYTHONPATH (the plugins are found through its editable install); any other entry stays.
+    path = [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p and os.path.abspath(p) != ROOT]
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    if path:
+        env['PYTHONPATH'] = os.pathsep.join(path)
     result = subprocess.run([sys.executable, *args], cwd=cwd, env=dict(env, OMP_NUM_THREADS='1'),
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -6,6 +6,7 @@ import pickle
 
 import pytest
 import torch
+from conftest import tool_env
 from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint
 
 from mambaout_tools.weights_only import load_checkpoints_weights_only, weights_only_torch_load
@@ -72,7 +73,7 @@ def test_our_train_and_test_refuse_a_checkpoint_that_runs_code(tmp_path, tool, a
     result = subprocess.run(
         [sys.executable, os.path.join(root, 'tools', tool), config, *(a.format(checkpoint=checkpoint) for a in arguments),
          '--work-dir', str(tmp_path / 'work')], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get('PYTHONPATH', '')]), OMP_NUM_THREADS='1'))
+        env=tool_env(OMP_NUM_THREADS='1'))
     assert result.returncode != 0 and not (tmp_path / 'PWNED').exists()
     assert result.stderr.strip().splitlines()[-1].startswith(
         f'error: torch.load(weights_only=True) refuses {checkpoint} (it holds {os.system.__module__}.system)'), \
