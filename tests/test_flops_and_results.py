@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import untrained_checkpoint
+from conftest import tool_env, untrained_checkpoint
 from mambaout_tools.models import build_model, load_config
 from tools.analysis_tools import results_table
 from tools.misc.make_toy_data import make_toy_data
@@ -29,9 +29,7 @@ SHAPE = ('256', '256')
 
 
 def _env():
-    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
-    env['PYTHONPATH'] = os.pathsep.join([ROOT] + [p for p in [os.environ.get('PYTHONPATH')] if p])
-    return env
+    return tool_env(OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
 
 
 def _run(args, cwd=ROOT, timeout=900):

@@ -10,8 +10,8 @@ visualizers draw the ground truth left of the prediction. Not theirs: the pictur
 write ``OUT_DIR/vis/<image name>``); it is drawn at an integer scale with a long side of ``--long-side`` px
 or more (the prediction is made on the image as given, then its boxes, masks and label maps are scaled with
 the image), so that a small image's labels do not cover each other; a legend below it names each class drawn
-in its colour; and checkpoints written before the plugins made training checkpoints weights-only loadable
-load as in tools/test.py (``RUNNER_STATE_GLOBALS``).
+in its colour; and the checkpoint is unpickled weights-only on every torch, as in tools/test.py
+(``mambaout_tools/weights_only.py``; mmdet's and mmseg's inferencers unpickle fully on torch < 2.6).
 """
 import argparse
 import contextlib
@@ -19,14 +19,13 @@ import io
 import os
 import os.path as osp
 import pickle
-import re
 
 import cv2
 import mmcv
 import numpy as np
 import torch
-from mambaout_tools.launch import RUNNER_STATE_GLOBALS
 from mambaout_tools.models import load_config
+from mambaout_tools.weights_only import load_checkpoints_weights_only, refused_checkpoint_error
 
 LEGEND_ROW, SWATCH, MARGIN = 22, 16, 8  # pixels
 FONT, FONT_SCALE = cv2.FONT_HERSHEY_SIMPLEX, 0.5
@@ -60,18 +59,11 @@ def build_inferencer(cfg, checkpoint, device):
         from mmdet.apis import DetInferencer as Inferencer
     else:
         from mmseg.apis import MMSegInferencer as Inferencer
+    load_checkpoints_weights_only()
     try:
-        with torch.serialization.safe_globals(RUNNER_STATE_GLOBALS):
-            return Inferencer(cfg, checkpoint, device=device)
+        return Inferencer(cfg, checkpoint, device=device)
     except pickle.UnpicklingError as err:
-        refused = re.search(r'GLOBAL (\S+)', str(err))  # what torch refused; its message is a page long
-        cause = f' (it holds {refused.group(1)})' if refused else ''
-        converted = osp.splitext(checkpoint)[0] + '_weights.pth'
-        raise SystemExit(
-            f'error: torch.load(weights_only=True) refuses {checkpoint}{cause}. If you trust '
-            f'the file, keep only its weights and class names: python -c "import torch; c = torch.load({checkpoint!r}, '
-            "weights_only=False); torch.save(dict(state_dict=c['state_dict'], meta=dict(dataset_meta=c.get('meta', "
-            f"{{}}).get('dataset_meta', {{}}))), {converted!r})\"") from None
+        raise refused_checkpoint_error(checkpoint, err) from None
 
 
 def predict(inferencer, image, score_thr):
