@@ -1,11 +1,12 @@
 """The GPU side of the set-up (tools/install/install.sh): what to check and what to set before torch and mmcv.
 
-Three decisions, each a pure function of what ``nvidia-smi``, ``nvcc`` and torch's package metadata print, so
+The decisions, each a pure function of what ``nvidia-smi``, ``nvcc`` and torch's package metadata print, so
 that they are tested on a machine without a GPU (tests/test_install.py):
 
 - whether the NVIDIA driver can run the CUDA that the chosen torch wheel was built with
   (:func:`check_driver`, before torch is downloaded);
 - whether mmcv's CUDA ops can be compiled: nvcc's CUDA major must equal torch's (:func:`cuda_ops_plan`);
+- which prebuilt mmcv wheel fits this Python and torch (:func:`matching_mmcv_wheel`);
 - where the toolkit and its headers are: ``CUDA_HOME`` from the real ``nvcc`` behind a wrapper script
   (:func:`real_nvcc`), ``CPATH`` from the headers torch's ``nvidia-*`` pip packages ship (:func:`cuda_include_dirs`).
 
@@ -14,6 +15,7 @@ Command line (stdlib only: it runs before torch is installed)::
     python cuda_setup.py driver-check --torch 2.14.1 --report pip-report.json
     python cuda_setup.py build-env              # with the venv's python: prints shell `export` lines
     python cuda_setup.py gpu-ops-check          # with the venv's python: runs mmcv's nms and RoIAlign on the GPU
+    python cuda_setup.py find-wheel --dir ../shared/wheels --python-tag cp311 --torch 2.14.1 [--ops cuda]
 """
 import argparse
 import glob
@@ -23,6 +25,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 
 # The stacks that CI installs (TORCH=, TORCHVISION=, the CUDA of torch's PyPI wheel): what a message may point to.
 TESTED_TORCH = (('2.14.1', '0.29.1', (13, 0)), ('2.1.2', '0.16.2', (12, 1)))
@@ -124,6 +127,34 @@ def cuda_include_dirs(site_packages, exists=os.path.isfile):
     return found
 
 
+def wheel_has_cuda_ops(wheel):
+    """Whether an mmcv wheel's compiled ops (``mmcv/_ext*.so``) were built with CUDA: they then load
+    torch's CUDA libraries (``libc10_cuda.so``, ``libcudart``)."""
+    with zipfile.ZipFile(wheel) as archive:
+        for name in archive.namelist():
+            if name.startswith('mmcv/_ext') and name.endswith('.so'):
+                data = archive.read(name)
+                return b'libc10_cuda.so' in data or b'libcudart' in data
+    return False
+
+
+def matching_mmcv_wheel(wheel_dir, python_tag, torch_version, default_torch, cuda_ops, has_cuda_ops=wheel_has_cuda_ops):
+    """The prebuilt mmcv 2.1.0 wheel in ``wheel_dir`` for this Python (``cp311``) and torch, or None.
+
+    A wheel is only valid beside the torch it was built against: ``<wheel_dir>/torch-<version>/`` holds those for
+    ``torch_version`` (a local tag such as ``+cu130`` is ignored); ``<wheel_dir>/`` itself those for
+    ``default_torch``. With ``cuda_ops`` only a wheel with CUDA ops is taken."""
+    torch_version = torch_version.split('+')[0]
+    folders = [os.path.join(wheel_dir, f'torch-{torch_version}')]
+    if torch_version == default_torch:
+        folders.append(wheel_dir)
+    for folder in folders:
+        for wheel in sorted(glob.glob(os.path.join(folder, f'mmcv-2.1.0-{python_tag}-*.whl'))):
+            if not cuda_ops or has_cuda_ops(wheel):
+                return wheel
+    return None
+
+
 def _read_head(path):
     with open(path, 'rb') as file:
         return file.read(4096).decode('utf-8', 'replace')
@@ -213,6 +244,13 @@ def _gpu_ops_check(_args):
     return 0
 
 
+def _find_wheel(args):
+    wheel = matching_mmcv_wheel(args.dir, args.python_tag, args.torch, args.default_torch, args.ops == 'cuda')
+    if wheel:
+        print(wheel)
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     commands = parser.add_subparsers(dest='command', required=True)
@@ -221,8 +259,15 @@ def main(argv=None):
     driver.add_argument('--report', required=True, help='`pip install --dry-run --report` JSON of that torch')
     commands.add_parser('build-env', help='shell lines that set up mmcv\'s CUDA build')
     commands.add_parser('gpu-ops-check', help='run mmcv\'s nms and RoIAlign on the GPU')
+    find = commands.add_parser('find-wheel', help='print the prebuilt mmcv wheel that fits (nothing if none)')
+    find.add_argument('--dir', required=True, help='wheel folder (../shared/wheels)')
+    find.add_argument('--python-tag', required=True, help='cp310, cp311, ...')
+    find.add_argument('--torch', required=True, help='the installed torch version')
+    find.add_argument('--default-torch', default=TESTED_TORCH[0][0], help='what the wheels at the top were built against')
+    find.add_argument('--ops', choices=('cpu', 'cuda'), default='cpu', help='cuda: only a wheel with CUDA ops')
     args = parser.parse_args(argv)
-    return {'driver-check': _driver_check, 'build-env': _build_env, 'gpu-ops-check': _gpu_ops_check}[args.command](args)
+    return {'driver-check': _driver_check, 'build-env': _build_env, 'gpu-ops-check': _gpu_ops_check,
+            'find-wheel': _find_wheel}[args.command](args)
 
 
 if __name__ == '__main__':

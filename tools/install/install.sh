@@ -117,13 +117,9 @@ PY
 if ! mmcv_ok; then
   torch_cuda="$("$PY" -c 'import torch; print((torch.version.cuda or "cpu").replace(".", ""))')"
   build_dir="$MMCV_BUILD_DIR/torch-$TORCH-$py_tag-$([ "$ops_kind" = cuda ] && echo "cu$torch_cuda" || echo cpu)"
-  shared_dir="$MMCV_WHEEL_DIR/torch-$TORCH"
-  [ "$TORCH" != "$DEFAULT_TORCH" ] || [ -d "$shared_dir" ] || shared_dir="$MMCV_WHEEL_DIR"
-  wheel=""
-  if [ "$ops_kind" = cpu ]; then   # the shared wheels have CPU ops
-    wheel=$(ls "$shared_dir"/mmcv-2.1.0-"$py_tag"-*.whl 2>/dev/null | head -n1 || true)
-    [ -z "$wheel" ] || log "mmcv 2.1.0 from the prebuilt wheel $wheel (built against torch $TORCH)"
-  fi
+  wheel="$("$PY" "$ROOT/tools/install/cuda_setup.py" find-wheel --dir "$MMCV_WHEEL_DIR" --python-tag "$py_tag" \
+    --torch "$TORCH" --default-torch "$DEFAULT_TORCH" --ops "$ops_kind")"
+  [ -z "$wheel" ] || log "mmcv 2.1.0 from the prebuilt wheel $wheel (built against torch $TORCH, $ops_kind ops)"
   [ -n "$wheel" ] || wheel=$(ls "$build_dir"/mmcv-2.1.0-*.whl 2>/dev/null | head -n1 || true)
   if [ -z "$wheel" ]; then
     log "building mmcv 2.1.0 with its $ops_kind ops from source for torch $TORCH, $(mmcv_cxx_std "$PY") \
