@@ -24,7 +24,8 @@ EXTRAS_REQUIRE = {
     'onnx': ['onnx>=1.17,<2', 'onnxruntime>=1.20,<2', 'onnxscript>=0.7,<0.8'],
     # The test suite, with mim (`mim train mmdet ...`). opendatalab 0.0.10 pulls openxlab, which pins
     # setuptools~=60.2 (torch 2.14 needs >=77), rich, tqdm, packaging and requests back; 0.0.9 does not.
-    'tests': ['pytest', 'openmim>=0.3.9,<0.4', 'opendatalab<0.0.10', 'click<9'],
+    # timm 1.0.16: the first whose MambaOut has forward_intermediates, the tests' reference.
+    'tests': ['pytest', 'timm>=1.0.16,<1.1', 'openmim>=0.3.9,<0.4', 'opendatalab<0.0.10', 'click<9'],
     # The web demo (tools/misc/web_demo.py).
     'demo': [],
 }
