@@ -110,8 +110,8 @@ def test_contiguous_visualizer_draws_class_names_on_a_channel_reversed_view(tmp_
 @pytest.mark.slow
 def test_mmdet_get_flops_browse_dataset_print_config(toy, tmp_path, monkeypatch, capsys):
     cwd = toy['work']
-    printed = run_script('mmdet', 'analysis_tools/get_flops.py', DET, '--shape', 128, 128, cwd=cwd,
-                         monkeypatch=monkeypatch, capsys=capsys)
+    printed = run_script('mmdet', 'analysis_tools/get_flops.py', DET, '--num-images', 1, cwd=cwd,
+                         monkeypatch=monkeypatch, capsys=capsys)  # on the test set's images
     assert 'Flops:' in printed and 'Params:' in printed
     run_script('mmdet', 'analysis_tools/browse_dataset.py', DET, '--not-show', '--output-dir', tmp_path / 'browse',
                cwd=cwd, monkeypatch=monkeypatch, capsys=capsys)
@@ -124,9 +124,9 @@ def test_mmdet_get_flops_browse_dataset_print_config(toy, tmp_path, monkeypatch,
 def test_mmdet_benchmark_dataloader_and_dataset(toy, monkeypatch, capsys):
     pytest.importorskip('psutil', reason="mmdet's benchmark.py measures memory with psutil (pip install psutil)")
     for task in ('dataloader', 'dataset'):
-        printed = run_script('mmdet', 'analysis_tools/benchmark.py', DET, '--task', task, '--max-iter', 2,
-                             '--num-warmup', 1, '--log-interval', 1, cwd=toy['work'], monkeypatch=monkeypatch,
-                             capsys=capsys)
+        printed = run_script('mmdet', 'analysis_tools/benchmark.py', DET, '--task', task, '--max-iter', NUM_VAL,
+                             '--num-warmup', 1, '--log-interval', 1, '--cfg-options', 'test_dataloader.batch_size=1',
+                             cwd=toy['work'], monkeypatch=monkeypatch, capsys=capsys)
         assert 'Overall fps' in printed, task
 
 
@@ -184,8 +184,8 @@ def test_mmseg_browse_dataset(folder, toy, tmp_path, monkeypatch, capsys):
     """Was cv2.error in function 'rectangle' (the visualizer's memory layout), for every mmseg config."""
     run_script('mmseg', f'{folder}/browse_dataset.py', SEG, '--not-show', '--output-dir', tmp_path, cwd=toy['work'],
                monkeypatch=monkeypatch, capsys=capsys)
-    drawn = [name for _, _, names in os.walk(tmp_path) for name in names if name.endswith('.jpg')]
-    assert len(drawn) == 2
+    drawn = [name for _, _, names in os.walk(tmp_path) for name in names if name.startswith('toy_train_')]
+    assert len(drawn) == 2  # analysis_tools/: OUT/toy_train_00000.jpg; misc/: OUT/vis_data/vis_image/..jpg_0.png
 
 
 @pytest.mark.slow
@@ -244,14 +244,14 @@ def test_mmseg_inferencer_by_config_path_and_weights(toy):
 
 @pytest.mark.slow
 def test_analyze_logs_of_both_libraries_plot_an_mmengine_log(tmp_path, monkeypatch, capsys):
-    """On the scalars file that mmengine's LocalVisBackend writes during a training (``vis_data/*.json``)."""
+    """On the scalars file that mmengine's LocalVisBackend writes during a training (``vis_data/scalars.json``)."""
     pytest.importorskip('seaborn', reason='analyze_logs.py of mmdet and mmseg plot with seaborn (pip install seaborn)')
     from mmengine.visualization import LocalVisBackend
     backend = LocalVisBackend(save_dir=str(tmp_path))
     for step in range(1, 5):
         backend.add_scalars(dict(lr=1e-3, loss=1. / step, epoch=1, iter=step), step=step)
     backend.add_scalars({'mIoU': 10., 'coco/bbox_mAP': 0.1}, step=4)
-    log = tmp_path / 'vis_data' / 'scalars.json'
+    log = tmp_path / 'scalars.json'
     assert len(log.read_text().splitlines()) == 5
     run_script('mmseg', 'analysis_tools/analyze_logs.py', log, '--keys', 'loss', 'mIoU', '--out', tmp_path / 'seg.png',
                cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
