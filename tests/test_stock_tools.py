@@ -182,8 +182,9 @@ def test_det_inferencer_by_config_path_and_weights(toy):
 @pytest.mark.parametrize('folder', ['analysis_tools', 'misc'])
 def test_mmseg_browse_dataset(folder, toy, tmp_path, monkeypatch, capsys):
     """Was cv2.error in function 'rectangle' (the visualizer's memory layout), for every mmseg config."""
-    run_script('mmseg', f'{folder}/browse_dataset.py', SEG, '--not-show', '--output-dir', tmp_path, cwd=toy['work'],
-               monkeypatch=monkeypatch, capsys=capsys)
+    # a visualizer of its own: mmengine hands out one instance per name within a process, with its first save_dir
+    run_script('mmseg', f'{folder}/browse_dataset.py', SEG, '--not-show', '--output-dir', tmp_path, '--cfg-options',
+               f'visualizer.name=browse-{folder}', cwd=toy['work'], monkeypatch=monkeypatch, capsys=capsys)
     drawn = [name for _, _, names in os.walk(tmp_path) for name in names if name.startswith('toy_train_')]
     assert len(drawn) == 2  # analysis_tools/: OUT/toy_train_00000.jpg; misc/: OUT/vis_data/vis_image/..jpg_0.png
 
