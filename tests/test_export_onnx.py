@@ -238,6 +238,28 @@ def test_bad_arguments_exit_2(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('unimportable, exporter, message', [
+    (['onnxscript'], 'dynamo', 'error: onnxscript not installed: pip install onnxscript (or --exporter torchscript, '
+                               'which does not use onnxscript)'),
+    (['onnxscript'], 'torchscript', None),  # not needed there
+    (['onnxruntime'], 'torchscript', 'error: onnxruntime not installed: pip install onnxruntime; tested versions'),
+    (['onnx', 'onnxscript'], 'dynamo', 'error: onnx, onnxscript not installed: pip install onnx onnxscript; tested'),
+])
+def test_missing_onnx_package_is_one_line_with_its_pip_install(unimportable, exporter, message, tmp_path,
+                                                                monkeypatch):
+    for name in unimportable:
+        monkeypatch.setitem(sys.modules, name, None)  # `import name` raises ImportError
+    # Before anything is built: a model that cannot be built shows that nothing is.
+    monkeypatch.setattr(export_onnx, 'build_model', lambda cfg: pytest.fail('model built'))
+    if message is None:
+        with pytest.raises(pytest.fail.Exception, match='model built'):
+            export_onnx.main([TOY_SEG, '--out', str(tmp_path / 'x.onnx'), '--exporter', exporter])
+        return
+    with pytest.raises(SystemExit) as excinfo:
+        export_onnx.main([TOY_SEG, '--out', str(tmp_path / 'x.onnx'), '--exporter', exporter])
+    assert str(excinfo.value.code).startswith(message)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not export_onnx.HAS_DYNAMO_EXPORTER, reason=export_onnx.NO_DYNAMO_EXPORTER)
 @pytest.mark.parametrize('config, options, outputs', [(TOY_SEG, [], 'logits'),

@@ -105,6 +105,22 @@ def test_ground_truth_drawn_beside_the_prediction_at_readable_size(toy_dir, conf
     assert (np.abs(panel - upscaled).max(axis=2) > 3)[classes >= 0].mean() > 0.9
     for label in np.unique(classes[classes >= 0]):
         assert (nearest[classes == label] == label).mean() > 0.6, label
+    if config == SEG:
+        assert_ignored_pixels_veiled(picture, upscaled, classes < 0, side, title)
+
+
+def assert_ignored_pixels_veiled(picture, upscaled, ignored, side, title):
+    """The pixels that the ground truth ignores (the toy set's background, label 255 after reduce_zero_label) show
+    the image under the grey veil in both panels -- no class drawn there, prediction included -- and the legend
+    has the grey swatch."""
+    from tools.misc.image_demo import IGNORED_GREY, IGNORED_VEIL
+    assert ignored.mean() > 0.3
+    veiled = (upscaled * (1 - IGNORED_VEIL) + np.array(IGNORED_GREY) * IGNORED_VEIL).round()
+    for panel in (picture[title:title + side, :side], picture[title:title + side, side:]):
+        assert np.abs(panel.astype(float) - veiled)[ignored].max() <= 1
+        assert np.abs(panel.astype(float) - veiled)[~ignored].max(axis=1).mean() > 3  # the rest is not veiled
+    legend = picture[title + side:]
+    assert (legend == IGNORED_GREY).all(axis=2).sum() >= SWATCH_PIXELS
 
 
 class _Payload:

@@ -49,6 +49,7 @@ the export is checked against is the one as built.
 import argparse
 import contextlib
 import copy
+import importlib
 import inspect
 import io
 import os
@@ -227,6 +228,23 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: str, output_name
                               dynamic_shapes=({axis: dynamic for axis in dynamic_axes[INPUT_NAME]}, ), **options)
         else:
             torch.onnx.export(exportable, (example, ), path, dynamic_axes=dynamic_axes, **options)
+
+
+def check_onnx_packages(exporter: str) -> None:
+    """Exit with one line that names the packages the export and its check need and are not installed (onnx
+    reads the file, onnxruntime runs it, onnxscript is what the dynamo exporter translates with), and the
+    ``pip install`` that adds them; before anything is built."""
+    needed = ('onnx', 'onnxruntime') + (('onnxscript', ) if exporter == 'dynamo' else ())
+    missing = []
+    for name in needed:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        avoid = ' (or --exporter torchscript, which does not use onnxscript)' if missing == ['onnxscript'] else ''
+        raise SystemExit(f'error: {", ".join(missing)} not installed: pip install {" ".join(missing)}{avoid}; '
+                         'tested versions in requirements.txt')
 
 
 def file_opset(path: str) -> int:
@@ -762,6 +780,7 @@ def load_weights(model, checkpoint):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_onnx_packages(args.exporter)
     cfg, scope = args.cfg, args.cfg.default_scope
     model = build_model(cfg).eval()
     if args.checkpoint:
