@@ -81,7 +81,7 @@ def test_metainfo_seg_dataset_answers_its_configs_classes_as_metainfo(tmp_path):
     from mmseg.datasets import BaseSegDataset
 
     import mmseg_plugin  # noqa: F401
-    from backbones.seg_stock_tools import MetainfoSegDataset
+    from mmseg_plugin.stock_tools import MetainfoSegDataset
     metainfo = dict(classes=('road', 'grass'), palette=[(1, 2, 3), (4, 5, 6)])
     dataset = MetainfoSegDataset(data_root=str(tmp_path), metainfo=metainfo, lazy_init=True)
     assert dataset.METAINFO['classes'] == ('road', 'grass')
@@ -94,7 +94,7 @@ def test_contiguous_visualizer_draws_class_names_on_a_channel_reversed_view(tmp_
     from mmseg.structures import SegDataSample
 
     import mmseg_plugin  # noqa: F401
-    from backbones.seg_stock_tools import ContiguousSegLocalVisualizer
+    from mmseg_plugin.stock_tools import ContiguousSegLocalVisualizer
     image = torch.zeros(3, 32, 32, dtype=torch.uint8).permute(1, 2, 0).numpy()[..., [2, 1, 0]]  # as browse_dataset
     sample = SegDataSample(gt_sem_seg=PixelData(data=torch.ones(1, 32, 32, dtype=torch.long)))
     visualizer = ContiguousSegLocalVisualizer(name='contiguous-test', save_dir=str(tmp_path))

@@ -7,7 +7,7 @@ _base_ = [
 ]
 custom_imports = dict(imports=['mmseg_plugin'], allow_failed_imports=False)
 # mmseg's SegLocalVisualizer on a contiguous copy of the image, which mmseg's tools/analysis_tools/browse_dataset.py
-# needs (backbones/seg_stock_tools.py).
+# needs (mmseg_plugin/stock_tools.py).
 visualizer = dict(type='ContiguousSegLocalVisualizer')
 
 crop_size = (512, 512)
