@@ -134,7 +134,7 @@ fi
 
 log "mmengine, mmdet, mmseg, timm, ONNX and test tools (requirements.txt), then this package"
 pip_install -r "$ROOT/requirements.txt"
-pip_install --no-build-isolation -e "$ROOT[onnx,tests]"
+pip_install --no-build-isolation -e "$ROOT[onnx,tests,analysis]"
 
 "$PY" - <<'PY'
 import mmcv, mmcv.ops, mmdet, mmseg, mmengine, numpy, timm, torch
