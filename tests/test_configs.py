@@ -18,7 +18,7 @@ SIZES = {'t': ('tiny', 0.3, [96, 192, 384, 576]), 's': ('small', 0.3, [96, 192, 
          'b': ('base', 0.6, [128, 256, 512, 768])}
 PAPER_DET = {s: f'mask_rcnn_mambaout_{s}_1x.py' for s in SIZES}
 PAPER_SEG = {s: f'upernet_mambaout_{s}_160k_ade20k_512.py' for s in SIZES}
-# issue 13: the peers' 3x recipes (Swin's and ConvNeXt's), no MambaOut paper numbers
+# the peers' 3x recipes (Swin's and ConvNeXt's), no MambaOut paper numbers
 LONG_DET = {(task, s): f'{task}_mambaout_{s}_3x_ms.py' for task in ('mask_rcnn', 'cascade_mask_rcnn') for s in SIZES}
 # DETR-style multi-scale training of mmdet's Swin/ConvNeXt 3x configs: shorter side 480, 512, ..., 800
 MULTI_SCALE = [(short, 1333) for short in range(480, 801, 32)]

@@ -189,10 +189,10 @@ def test_graph_that_kept_the_example_size_is_one_error(tmp_path):
 
     path = str(tmp_path / 'flatten.onnx')
     export_onnx.export_onnx(Flatten(), torch.randn(1, 3, 32, 32), path, ['flat'], exporter='torchscript')
-    session = export_onnx.onnxruntime_session(path)
-    assert export_onnx.max_abs_differences(Flatten(), session, torch.randn(1, 3, 32, 32), ['flat']) == {'flat': 0.}
+    ort_session = export_onnx.onnxruntime_session(path)
+    assert export_onnx.max_abs_differences(Flatten(), ort_session, torch.randn(1, 3, 32, 32), ['flat']) == {'flat': 0.}
     with pytest.raises(RuntimeError, match=r'ONNX Runtime fails on an input of shape \(1, 3, 64, 32\): .*Reshape'):
-        export_onnx.max_abs_differences(Flatten(), session, torch.randn(1, 3, 64, 32), ['flat'])
+        export_onnx.max_abs_differences(Flatten(), ort_session, torch.randn(1, 3, 64, 32), ['flat'])
 
 
 def readme_onnxruntime_snippet():

@@ -1,7 +1,7 @@
 """tools/misc/image_demo.py as tools/misc/demo.py runs it: a detector's and a segmentor's prediction drawn on a toy image,
 with a legend of the predicted classes in their colours, from untrained checkpoints made here (no training), and
 beside the ground truth at a readable size (--gt, --long-side);
-also from a checkpoint in the format written before the plugins' weights-only hook, and one clear error for a
+also from a checkpoint in the format mmengine writes without the plugins' weights-only hook, and one clear error for a
 checkpoint that weights-only unpickling refuses."""
 import os
 import subprocess
@@ -44,7 +44,7 @@ def image_demo(cwd, config, checkpoint, out, *options):
 
 
 def old_format(checkpoint, path):
-    """``checkpoint`` as mmengine wrote it before the plugins' hook: a HistoryBuffer and numpy scalars."""
+    """``checkpoint`` as mmengine writes it without the plugins' hook: a HistoryBuffer and numpy scalars."""
     old = torch.load(checkpoint)
     old['meta']['epoch'] = np.int64(1)
     old['message_hub'] = {'log_scalars': {'train/loss': HistoryBuffer([1.0, 0.5], [1, 1])},

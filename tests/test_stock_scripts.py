@@ -127,7 +127,7 @@ def test_stock_mmseg_load_from_starts_from_the_checkpoint(stock_segmentor, toy_d
                         {k: v for k, v in loaded.items() if k.startswith('backbone.')})
 
 
-def test_checkpoints_from_before_the_change_still_load_in_our_tools_and_nowhere_else(stock_segmentor, toy_dir):
+def test_checkpoints_without_the_hooks_state_load_in_our_tools_and_nowhere_else(stock_segmentor, toy_dir):
     stock, ours, _ = stock_segmentor
     # The old format: mmengine's HistoryBuffers and numpy scalars pickled as they are.
     old = restore_runner_state(torch.load(stock / 'iter_3.pth'))

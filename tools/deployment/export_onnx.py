@@ -198,13 +198,13 @@ def file_opset(path: str) -> int:
 
 
 def onnxruntime_session(path: str):
-    """An ONNX Runtime CPU session on the file ``path``."""
+    """An ``onnxruntime.InferenceSession`` on the CPU for the file ``path``."""
     import onnxruntime
     return onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
 
 
-def run_onnxruntime(session, inputs: torch.Tensor) -> List[np.ndarray]:
-    return session.run(None, {INPUT_NAME: inputs.numpy()})
+def run_onnxruntime(ort_session, inputs: torch.Tensor) -> List[np.ndarray]:
+    return ort_session.run(None, {INPUT_NAME: inputs.numpy()})
 
 
 def run_pytorch(module: nn.Module, inputs: torch.Tensor) -> List[torch.Tensor]:
@@ -213,7 +213,7 @@ def run_pytorch(module: nn.Module, inputs: torch.Tensor) -> List[torch.Tensor]:
     return list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
 
 
-def max_abs_differences(module: nn.Module, session, inputs: torch.Tensor,
+def max_abs_differences(module: nn.Module, ort_session, inputs: torch.Tensor,
                         output_names: Sequence[str]) -> Dict[str, float]:
     """The largest absolute difference between ONNX Runtime's and PyTorch's outputs on ``inputs``, per output.
 
@@ -223,7 +223,7 @@ def max_abs_differences(module: nn.Module, session, inputs: torch.Tensor,
     """
     expected = run_pytorch(module, inputs)
     try:
-        got = run_onnxruntime(session, inputs)
+        got = run_onnxruntime(ort_session, inputs)
     except Exception as err:  # onnxruntime's errors share no base class but Exception
         raise RuntimeError(f'ONNX Runtime fails on an input of shape {tuple(inputs.shape)}: '
                            f'{" ".join(str(err).split())[:300]}') from err
@@ -349,7 +349,7 @@ def main(argv=None):
     if osp.dirname(args.out):
         os.makedirs(osp.dirname(args.out), exist_ok=True)
     export_onnx(module, example, args.out, names, exporter=args.exporter, opset=args.opset)
-    session = onnxruntime_session(args.out)
+    ort_session = onnxruntime_session(args.out)
 
     checks = [(example, args.shape),
               (normalized_inputs(model, scope, args.second_shape, batch_size=2), args.second_shape)]
@@ -364,14 +364,14 @@ def main(argv=None):
     print(f'outputs      {", ".join(names)}')
     for inputs, shape in checks:
         try:
-            found = max_abs_differences(module, session, inputs, names)
+            found = max_abs_differences(module, ort_session, inputs, names)
         except (RuntimeError, ValueError) as err:
             raise SystemExit(f'error: {err}') from None
         differences.update({(name, shape, len(inputs)): value for name, value in found.items()})
         listed = ', '.join(f'{name} {value:.2e}' for name, value in found.items())
         print(f'max abs diff {len(inputs)}x3x{shape[0]}x{shape[1]}: {listed}')
     torch_ms = median_ms(lambda: run_pytorch(module, example), runs=args.runs)
-    ort_ms = median_ms(lambda: run_onnxruntime(session, example), runs=args.runs)
+    ort_ms = median_ms(lambda: run_onnxruntime(ort_session, example), runs=args.runs)
     print(f'PyTorch      {torch_ms:.1f} ms/img   ONNX Runtime {ort_ms:.1f} ms/img   (1x3x{args.shape[0]}x'
           f'{args.shape[1]}, median of {args.runs} after 1 warm-up, CPU, {torch.get_num_threads()} torch threads)')
     (worst_name, worst_shape, worst_batch), worst = max(differences.items(), key=lambda item: item[1])
