@@ -7,7 +7,7 @@ What is exported: for an mmseg config the segmentor end to end, its class
 logits at the input's resolution (``logits``, ``(N, classes, H, W)``: backbone, neck, decode head and the
 bilinear resize of mmseg's inference); for an mmdet config the backbone + neck (``neck0``...: the FPN feature
 maps), since mmdeploy 1.3.1, which would export the detector with its RoI heads and post-processing, does not
-run with torch 2.14 (README, "Deployment: ONNX"); with ``--backbone-only`` the backbone's stage outputs
+run with torch 2.14 (docs/deployment.md); with ``--backbone-only`` the backbone's stage outputs
 (``stage0``...). The input ``input`` is the image after the config's data preprocessor (mean/std, RGB, padding),
 as with mmdeploy; batch, height and width are dynamic.
 
@@ -139,8 +139,8 @@ def exportable_part(model: nn.Module, scope: str, example: torch.Tensor,
     count the outputs of one run on ``example``.
 
     Segmentors: the logits at input resolution (:class:`SegmentorLogits`). Detectors: backbone + neck (mmdeploy
-    1.3.1, which exports whole detectors with their post-processing, does not work with torch 2.14: see the
-    README's deployment section). ``backbone_only``: the backbone's stage outputs.
+    1.3.1, which exports whole detectors with their post-processing, does not work with torch 2.14: see
+    docs/deployment.md). ``backbone_only``: the backbone's stage outputs.
     """
     if scope not in ('mmdet', 'mmseg'):
         raise ValueError(f'scope must be mmdet or mmseg, got {scope!r}')
