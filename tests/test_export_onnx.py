@@ -1,7 +1,7 @@
-"""tools/deployment/export_onnx.py: the toy segmentor end to end, a detector's backbone + neck and a backbone
-exported to ONNX, ONNX Runtime within 1e-4 of PyTorch at the export size and at other sizes with the same file,
-the checkpoint's weights in the file, the onnxruntime lines of docs/deployment.md, and the errors (bad
-arguments: exit 2; a difference above --atol: exit 1).
+"""tools/deployment/export_onnx.py: the toy segmentor and the toy Mask R-CNN end to end, a detector's backbone +
+neck and a backbone exported to ONNX, ONNX Runtime within 1e-4 of PyTorch (the detector: mmdet's detections) at
+the export size and at other sizes with the same file, the checkpoint's weights in the file, the onnxruntime
+lines of docs/deployment.md, and the errors (bad arguments: exit 2; a difference above --atol: exit 1).
 
 The fast tests use the TorchScript exporter (about a second per export); the slow ones run the tool as users
 do, with torch's default dynamo exporter (10-20 s per export on the toy models).
@@ -105,12 +105,90 @@ def test_backbone_only_holds_the_checkpoint(tmp_path, capsys):
 
 def test_detector_backbone_and_neck(tmp_path, capsys):
     out = tmp_path / 'mask_rcnn.onnx'
-    result = export_onnx.main([TOY_DET, '--out', str(out), '--shape', '64', '96', *FAST])
+    result = export_onnx.main([TOY_DET, '--out', str(out), '--shape', '64', '96', '--neck-only', *FAST])
     assert result['output_names'] == [f'neck{i}' for i in range(5)]  # the FPN's five levels
     assert max(result['differences'].values()) <= ATOL
     assert 'MaskRCNN: backbone + FPN (5 feature maps)' in capsys.readouterr().out
     shapes = [o.shape for o in ort_outputs(out, torch.randn(1, 3, 128, 32))]
     assert shapes == [(1, 64, 32, 8), (1, 64, 16, 4), (1, 64, 8, 2), (1, 64, 4, 1), (1, 64, 2, 1)]
+
+
+def mmdet_predictions(detector, inputs):
+    """mmdet's own ``predict`` of ``inputs`` (one normalized image), in input pixels."""
+    from mmdet.structures import DetDataSample
+    shape = tuple(inputs.shape[2:])
+    sample = DetDataSample(metainfo=dict(img_shape=shape, ori_shape=shape, pad_shape=shape, batch_input_shape=shape,
+                                         scale_factor=(1., 1.)))
+    with torch.no_grad():
+        return detector.predict(inputs, [sample])[0].pred_instances
+
+
+@pytest.mark.slow
+def test_whole_detector_gives_mmdets_detections_at_any_size(tmp_path, capsys):
+    """The default for a detector: Mask R-CNN end to end in standard ONNX operators, its detections those of
+    mmdet's ``predict`` at the export size, at the tool's second size and at a third one run here."""
+    checkpoint = untrained_checkpoint(TOY_DET, tmp_path / 'det.pth')
+    out = tmp_path / 'mask_rcnn.onnx'
+    result = export_onnx.main([TOY_DET, '--checkpoint', checkpoint, '--out', str(out), '--shape', '64', '96', *FAST])
+    printed = capsys.readouterr().out
+    assert result['output_names'] == ['boxes', 'scores', 'labels', 'masks']
+    assert {'NonMaxSuppression', 'RoiAlign', 'TopK', 'LayerNormalization'} <= set(result['operators'])
+    assert set(result['checks']) == {(64, 96), (96, 160)}
+    for found in result['checks'].values():
+        # an untrained detector still keeps max_per_img boxes above score_thr (4 classes' softmax near 0.25)
+        assert found['count'] == found['reference_count'] > 0
+        assert found['min_iou'] >= 0.99 and found['mask_agreement'] >= 0.99
+    assert re.search(r'random 1x3x96x160: \d+ detections \(mmdet \d+\), smallest box IoU', printed)
+    assert "ok           ONNX Runtime gives mmdet's detections" in printed
+
+    detector = build_model(load_config(TOY_DET)).eval()
+    detector.load_state_dict(torch.load(checkpoint)['state_dict'])
+    inputs = torch.randn(1, 3, 160, 64)
+    expected = mmdet_predictions(detector, inputs)
+    boxes, scores, labels, masks = ort_outputs(out, inputs)
+    assert len(boxes) == len(expected) > 0 and masks.shape == (len(boxes), 28, 28)
+    assert abs(torch.from_numpy(boxes) - expected.bboxes).max() <= 1e-2
+    assert abs(torch.from_numpy(scores) - expected.scores).max() <= ATOL
+    assert (torch.from_numpy(labels) == expected.labels).all()
+
+
+def test_whole_detector_graph_steps_match_mmdets():
+    """Anchors, delta decoding and the RoI extractor's level mapping of the exported module, each against the
+    mmdet code it stands for, on a trace-free run."""
+    detector = build_model(load_config(TOY_DET)).eval()
+    module = export_onnx.TwoStageDetectorEndToEnd(detector)
+    generator = detector.rpn_head.prior_generator
+    feats = [torch.zeros(1, 1, 5, 7), torch.zeros(1, 1, 3, 4)]
+    for level, feat in enumerate(feats):
+        expected = generator.single_level_grid_priors(feat.shape[-2:], level, device='cpu')
+        torch.testing.assert_close(module.anchors(feat, level), expected)
+
+    generator_ = torch.Generator().manual_seed(0)
+    priors = torch.rand(50, 2, generator=generator_) * 80
+    priors = torch.cat([priors, priors + 1 + torch.rand(50, 2, generator=generator_) * 40], dim=1)
+    deltas = torch.randn(50, 4, generator=generator_) * 3  # large dw/dh: the wh_ratio_clip clamp acts
+    image_hw = torch.tensor([70., 90.])
+    for coder in (detector.rpn_head.bbox_coder, detector.roi_head.bbox_head.bbox_coder):
+        torch.testing.assert_close(export_onnx._decode_deltas(priors, deltas, coder, image_hw),
+                                   coder.decode(priors, deltas, max_shape=(70, 90)))
+
+    extractor = detector.roi_head.bbox_roi_extractor
+    maps = tuple(torch.randn(1, 64, 512 // s, 512 // s, generator=generator_) for s in (4, 8, 16, 32))
+    boxes = torch.tensor([[5., 5., 30., 40.], [10., 10., 160., 160.], [0., 0., 300., 400.], [0., 0., 500., 500.]])
+    rois = torch.cat([torch.zeros(4, 1), boxes], dim=1)
+    assert extractor.map_roi_levels(rois, 4).tolist() == [0, 1, 2, 3]  # one box on each level
+    torch.testing.assert_close(module.roi_features(extractor, maps, boxes), extractor(maps, rois))
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--backbone-only', '--neck-only'], '--backbone-only and --neck-only exclude each other'),
+    (['--neck-only', '--test-set'], '--test-set compares a whole detector'),
+])
+def test_bad_detector_arguments_exit_2(args, message, capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        export_onnx.parse_args([TOY_DET, '--out', 'x.onnx', *args])
+    assert excinfo.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_difference_above_atol_exits_1(tmp_path, monkeypatch, capsys):
@@ -148,6 +226,7 @@ def test_checkpoint_of_another_model_is_one_error(tmp_path):
     ([TOY_SEG, '--out', 'x.onnx', '--shape', '64'], 'expected 2 arguments'),
     ([TOY_SEG, '--out', 'x.onnx', '--atol', '-1'], 'must be a number >= 0, got -1'),
     ([TOY_SEG, '--out', 'x.onnx', '--opset', '11'], 'invalid choice: 11'),
+    ([TOY_SEG, '--out', 'x.onnx', '--neck-only'], '--neck-only is for mmdet detectors'),
     ([TOY_SEG, '--out', 'x.onnx', '--checkpoint', 'no.pth'], '--checkpoint: file not found: no.pth'),
     ([TOY_SEG, '--out', ROOT], '--out names a folder'),
     ([TOY_SEG], 'the following arguments are required: --out'),
@@ -160,13 +239,14 @@ def test_bad_arguments_exit_2(args, message, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('config, outputs', [(TOY_SEG, 'logits'), (TOY_DET, 'neck0, neck1, neck2, neck3, neck4')])
-def test_tool_with_default_exporter(config, outputs, tmp_path):
+@pytest.mark.parametrize('config, options, outputs', [(TOY_SEG, [], 'logits'),
+                                                      (TOY_DET, ['--neck-only'], 'neck0, neck1, neck2, neck3, neck4')])
+def test_tool_with_default_exporter(config, options, outputs, tmp_path):
     """As users run it: a process, torch's default (dynamo) exporter; the file then runs at a third size."""
     out = tmp_path / 'model.onnx'
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
     run = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'deployment', 'export_onnx.py'), config, '--out', str(out),
-                          '--shape', '64', '64', '--runs', '1'], cwd=tmp_path, env=env, capture_output=True,
+                          '--shape', '64', '64', '--runs', '1', *options], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert 'exporter dynamo' in run.stdout and f'outputs      {outputs}\n' in run.stdout
