@@ -134,7 +134,7 @@ def test_bad_numbers_and_device(capsys):
 def test_saved_activations_ratios_at_a_small_size(capsys):
     # What autograd keeps for backward scales with the pixels, so the ratios at 64x96 are those at 800x1344
     # (measured there: docs/benchmarks.md). With CUDA's autocast rules: ours / timm 0.530, ours / ConvNeXt
-    # 0.708; the targets are <= 0.55 and <= 1.0.
+    # 0.708; the GPU report's targets are <= 0.55 and <= 1.0 (docs/gpu_report.md).
     results = benchmark.main([DET, '--shape', '64', '96', '--backbone-only', '--compare', '--saved-activations',
                               '--batch-size', '1'])
     out = capsys.readouterr().out

@@ -1,7 +1,7 @@
 """tools/deployment/export_onnx.py: the toy segmentor and the toy Mask R-CNN end to end, a detector's backbone +
 neck and a backbone exported to ONNX, ONNX Runtime within 1e-4 of PyTorch (the detector: mmdet's detections) at
-the export size and at other sizes with the same file, the checkpoint's weights in the file, the README's
-onnxruntime lines, and the errors (bad arguments: exit 2; a difference above --atol: exit 1).
+the export size and at other sizes with the same file, the checkpoint's weights in the file, the onnxruntime
+lines of docs/deployment.md, and the errors (bad arguments: exit 2; a difference above --atol: exit 1).
 
 The fast tests use the TorchScript exporter (about a second per export); the slow ones run the tool as users
 do, with torch's default dynamo exporter (10-20 s per export on the toy models).
@@ -304,23 +304,23 @@ def test_graph_that_kept_the_example_size_is_one_error(tmp_path):
 
     path = str(tmp_path / 'flatten.onnx')
     export_onnx.export_onnx(Flatten(), torch.randn(1, 3, 32, 32), path, ['flat'], exporter='torchscript')
-    session = export_onnx.onnxruntime_session(path)
-    assert export_onnx.max_abs_differences(Flatten(), session, torch.randn(1, 3, 32, 32), ['flat']) == {'flat': 0.}
+    ort_session = export_onnx.onnxruntime_session(path)
+    assert export_onnx.max_abs_differences(Flatten(), ort_session, torch.randn(1, 3, 32, 32), ['flat']) == {'flat': 0.}
     with pytest.raises(RuntimeError, match=r'ONNX Runtime fails on an input of shape \(1, 3, 64, 32\): .*Reshape'):
-        export_onnx.max_abs_differences(Flatten(), session, torch.randn(1, 3, 64, 32), ['flat'])
+        export_onnx.max_abs_differences(Flatten(), ort_session, torch.randn(1, 3, 64, 32), ['flat'])
 
 
-def readme_onnxruntime_snippet():
-    """The README's five lines of onnxruntime Python (section "Deployment: ONNX")."""
-    with open(osp.join(ROOT, 'README.md')) as f:
-        readme = f.read()
-    section = readme.split('**Run it with ONNX Runtime**')[1]
+def docs_onnxruntime_snippet():
+    """The five lines of onnxruntime Python of docs/deployment.md ("Run it with ONNX Runtime")."""
+    with open(osp.join(ROOT, 'docs', 'deployment.md')) as f:
+        page = f.read()
+    section = page.split('**Run it with ONNX Runtime**')[1]
     return section.split('```python\n')[1].split('```')[0]
 
 
-def test_readme_onnxruntime_snippet_gives_mmsegs_label_map(tmp_path):
-    """The README's snippet, run as written on an exported toy segmentor and an image, gives the label map of
-    mmseg's own inference (``mmseg.apis.inference_model``) of the same checkpoint."""
+def test_docs_onnxruntime_snippet_gives_mmsegs_label_map(tmp_path):
+    """The snippet of docs/deployment.md, run as written on an exported toy segmentor and an image, gives the
+    label map of mmseg's own inference (``mmseg.apis.inference_model``) of the same checkpoint."""
     import cv2
     import numpy as np
     from mmseg.apis import inference_model, init_model
@@ -332,7 +332,7 @@ def test_readme_onnxruntime_snippet_gives_mmsegs_label_map(tmp_path):
     image = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
     cv2.imwrite(str(tmp_path / 'demo.jpg'), image)
 
-    snippet = readme_onnxruntime_snippet()
+    snippet = docs_onnxruntime_snippet()
     assert len(snippet.strip().splitlines()) == 5
     namespace = {}
     cwd = os.getcwd()

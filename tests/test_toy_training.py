@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 DET = os.path.join(ROOT, 'configs', 'toy', 'mask_rcnn_mambaout_toy.py')
 SEG = os.path.join(ROOT, 'configs', 'toy', 'upernet_mambaout_toy.py')
-# Thresholds, set well below what the toy schedule reaches (README, "The embedded default") and far
+# Thresholds, set well below what the toy schedule reaches (docs/demo.md, "What it reaches") and far
 # above an untrained model (bbox/segm mAP about 0.00, mIoU about 20 by chance on 3 classes).
 DET_MIN_BBOX_MAP, DET_MIN_SEGM_MAP, UNTRAINED_MAX_MAP = 0.30, 0.30, 0.05
 SEG_MIN_MIOU, UNTRAINED_MAX_MIOU = 60.0, 40.0

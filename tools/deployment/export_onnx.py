@@ -9,7 +9,7 @@ logits at the input's resolution (``logits``, ``(N, classes, H, W)``: backbone, 
 bilinear resize of mmseg's inference); for an mmdet Mask R-CNN config the detector end to end (``boxes``,
 ``scores``, ``labels``, ``masks``: backbone, FPN, RPN with its NMS, RoI heads with class-wise NMS and the mask
 head, in standard ONNX operators, see :class:`TwoStageDetectorEndToEnd`; batch 1), since mmdeploy 1.3.1, which
-exports detectors with mmcv's custom operators, does not run with torch 2.14 (README, "Deployment: ONNX");
+exports detectors with mmcv's custom operators, does not run with torch 2.14 (docs/deployment.md);
 with ``--neck-only`` a detector's backbone + neck (``neck0``...: the FPN feature maps); with ``--backbone-only``
 the backbone's stage outputs (``stage0``...). The input ``input`` is the image after the config's data
 preprocessor (mean/std, RGB, padding), as with mmdeploy; batch (1 for a whole detector), height and width are
@@ -255,13 +255,13 @@ def file_opset(path: str) -> int:
 
 
 def onnxruntime_session(path: str):
-    """An ONNX Runtime CPU session on the file ``path``."""
+    """An ``onnxruntime.InferenceSession`` on the CPU for the file ``path``."""
     import onnxruntime
     return onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
 
 
-def run_onnxruntime(session, inputs: torch.Tensor) -> List[np.ndarray]:
-    return session.run(None, {INPUT_NAME: inputs.numpy()})
+def run_onnxruntime(ort_session, inputs: torch.Tensor) -> List[np.ndarray]:
+    return ort_session.run(None, {INPUT_NAME: inputs.numpy()})
 
 
 def run_pytorch(module: nn.Module, inputs: torch.Tensor) -> List[torch.Tensor]:
@@ -270,7 +270,7 @@ def run_pytorch(module: nn.Module, inputs: torch.Tensor) -> List[torch.Tensor]:
     return list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
 
 
-def max_abs_differences(module: nn.Module, session, inputs: torch.Tensor,
+def max_abs_differences(module: nn.Module, ort_session, inputs: torch.Tensor,
                         output_names: Sequence[str]) -> Dict[str, float]:
     """The largest absolute difference between ONNX Runtime's and PyTorch's outputs on ``inputs``, per output.
 
@@ -280,7 +280,7 @@ def max_abs_differences(module: nn.Module, session, inputs: torch.Tensor,
     """
     expected = run_pytorch(module, inputs)
     try:
-        got = run_onnxruntime(session, inputs)
+        got = run_onnxruntime(ort_session, inputs)
     except Exception as err:  # onnxruntime's errors share no base class but Exception
         raise RuntimeError(f'ONNX Runtime fails on an input of shape {tuple(inputs.shape)}: '
                            f'{" ".join(str(err).split())[:300]}') from err
@@ -537,7 +537,8 @@ def mask_agreement(ours, reference) -> float:
     return float((ours.masks == reference.masks.bool()).float().mean())
 
 
-def compare_detector_on_random_image(model: nn.Module, session, shape: Tuple[int, int]) -> Dict[str, float]:
+def compare_detector_on_random_image(model: nn.Module, ort_session,
+                                     shape: Tuple[int, int]) -> Dict[str, float]:
     """A random image of ``shape`` through the data preprocessor, then mmdet's ``model.predict`` and the ONNX
     file: detections count of each, smallest box IoU, largest score difference, mask pixel agreement."""
     batch = model.data_preprocessor(synthetic_batch('mmdet', [shape]), False)
@@ -545,7 +546,7 @@ def compare_detector_on_random_image(model: nn.Module, session, shape: Tuple[int
     with torch.no_grad():
         reference = model.predict(inputs, samples)[0].pred_instances
     try:
-        got = run_onnxruntime(session, inputs)
+        got = run_onnxruntime(ort_session, inputs)
     except Exception as err:  # onnxruntime's errors share no base class but Exception
         raise RuntimeError(f'ONNX Runtime fails on an input of shape {tuple(inputs.shape)}: '
                            f'{" ".join(str(err).split())[:300]}') from err
@@ -555,7 +556,7 @@ def compare_detector_on_random_image(model: nn.Module, session, shape: Tuple[int
                 max_score_diff=score_diff, mask_agreement=mask_agreement(ours, reference))
 
 
-def evaluate_detector_on_test_set(model: nn.Module, cfg, session) -> Tuple[dict, dict]:
+def evaluate_detector_on_test_set(model: nn.Module, cfg, ort_session) -> Tuple[dict, dict]:
     """The config's test set (``test_dataloader``, its ``test_evaluator``) through mmdet's ``model.test_step``
     and through the ONNX file, one image at a time: ``(PyTorch metrics, ONNX Runtime metrics)``."""
     from mmengine.evaluator import Evaluator
@@ -573,7 +574,7 @@ def evaluate_detector_on_test_set(model: nn.Module, cfg, session) -> Tuple[dict,
             batch = model.data_preprocessor(data, False)
         evaluators['pytorch'].process(data_samples=reference, data_batch=data)
         sample = copy.deepcopy(batch['data_samples'][0])
-        sample.pred_instances = onnx_instances(run_onnxruntime(session, batch['inputs']), sample, threshold)
+        sample.pred_instances = onnx_instances(run_onnxruntime(ort_session, batch['inputs']), sample, threshold)
         evaluators['onnxruntime'].process(data_samples=[sample], data_batch=data)
     return tuple(evaluators[name].evaluate(len(loader.dataset)) for name in ('pytorch', 'onnxruntime'))
 
@@ -616,7 +617,7 @@ def export_whole_detector(args, model: nn.Module) -> dict:
         operators = onnx_operators(args.out)
     except ValueError as err:
         raise SystemExit(f'error: {err}') from None
-    session = onnxruntime_session(args.out)
+    ort_session = onnxruntime_session(args.out)
     print('=' * 72)
     print(f'exported     {args.out} ({osp.getsize(args.out) / 2 ** 20:.1f} MiB), opset {file_opset(args.out)}, '
           f'exporter {args.exporter} (torch {torch.__version__})')
@@ -632,7 +633,7 @@ def export_whole_detector(args, model: nn.Module) -> dict:
     checks = {}
     for shape in (args.shape, args.second_shape):
         try:
-            found = compare_detector_on_random_image(model, session, shape)
+            found = compare_detector_on_random_image(model, ort_session, shape)
         except RuntimeError as err:
             raise SystemExit(f'error: {err}') from None
         checks[shape] = found
@@ -649,7 +650,7 @@ def export_whole_detector(args, model: nn.Module) -> dict:
     if args.test_set:
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' tables: the summary follows
-                metrics = evaluate_detector_on_test_set(model, args.cfg, session)
+                metrics = evaluate_detector_on_test_set(model, args.cfg, ort_session)
         except FileNotFoundError as err:
             raise SystemExit(f'error: --test-set: the config\'s test set is not there ({err}); make the toy set '
                              'with python tools/misc/make_toy_data.py or run from the folder holding data/') from None
@@ -661,7 +662,7 @@ def export_whole_detector(args, model: nn.Module) -> dict:
                 failures.append(f'test set {key}: ONNX Runtime {metrics[1][key]:.4f} against PyTorch '
                                 f'{metrics[0][key]:.4f}, more than {MAX_MAP_DIFFERENCE} apart')
     torch_ms = median_ms(lambda: run_pytorch(module, example), runs=args.runs)
-    ort_ms = median_ms(lambda: run_onnxruntime(session, example), runs=args.runs)
+    ort_ms = median_ms(lambda: run_onnxruntime(ort_session, example), runs=args.runs)
     print(f'PyTorch      {torch_ms:.1f} ms/img   ONNX Runtime {ort_ms:.1f} ms/img   (1x3x{args.shape[0]}x'
           f'{args.shape[1]}, median of {args.runs} after 1 warm-up, CPU, {torch.get_num_threads()} torch threads)')
     print('=' * 72)
@@ -793,7 +794,7 @@ def main(argv=None):
     if osp.dirname(args.out):
         os.makedirs(osp.dirname(args.out), exist_ok=True)
     export_onnx(module, example, args.out, names, exporter=args.exporter, opset=args.opset)
-    session = onnxruntime_session(args.out)
+    ort_session = onnxruntime_session(args.out)
 
     checks = [(example, args.shape),
               (normalized_inputs(model, scope, args.second_shape, batch_size=2), args.second_shape)]
@@ -808,14 +809,14 @@ def main(argv=None):
     print(f'outputs      {", ".join(names)}')
     for inputs, shape in checks:
         try:
-            found = max_abs_differences(module, session, inputs, names)
+            found = max_abs_differences(module, ort_session, inputs, names)
         except (RuntimeError, ValueError) as err:
             raise SystemExit(f'error: {err}') from None
         differences.update({(name, shape, len(inputs)): value for name, value in found.items()})
         listed = ', '.join(f'{name} {value:.2e}' for name, value in found.items())
         print(f'max abs diff {len(inputs)}x3x{shape[0]}x{shape[1]}: {listed}')
     torch_ms = median_ms(lambda: run_pytorch(module, example), runs=args.runs)
-    ort_ms = median_ms(lambda: run_onnxruntime(session, example), runs=args.runs)
+    ort_ms = median_ms(lambda: run_onnxruntime(ort_session, example), runs=args.runs)
     print(f'PyTorch      {torch_ms:.1f} ms/img   ONNX Runtime {ort_ms:.1f} ms/img   (1x3x{args.shape[0]}x'
           f'{args.shape[1]}, median of {args.runs} after 1 warm-up, CPU, {torch.get_num_threads()} torch threads)')
     (worst_name, worst_shape, worst_batch), worst = max(differences.items(), key=lambda item: item[1])
