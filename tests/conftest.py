@@ -20,7 +20,7 @@ os.environ.update(HF_HUB_OFFLINE='1', HF_HOME=os.path.join(_CACHES, 'huggingface
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-# an untrained detector/segmentor checkpoint (random init, class names in its meta), shared with tools/demo.py
+# an untrained detector/segmentor checkpoint (random init, class names in its meta), shared with tools/misc/demo.py
 from mambaout_tools.models import save_untrained_checkpoint as untrained_checkpoint  # noqa: E402,F401
 
 # Official release layout <- timm layout (the inverse of timm's checkpoint_filter_fn).
@@ -33,6 +33,14 @@ _TIMM_TO_OFFICIAL = (
     (r'^head\.pre_logits\.norm\.', 'head.norm.'),
     (r'^head\.fc\.', 'head.fc2.'),
 )
+
+
+def tool_env(**variables):
+    """The environment for a tool run as a process: this repository first on PYTHONPATH (the packages of a
+    PYTHONPATH already set stay reachable after it), plus ``variables``."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.pathsep.join(filter(None, [root, os.environ.get('PYTHONPATH')]))
+    return dict(os.environ, PYTHONPATH=path, **variables)
 
 
 def timm_to_official(state):

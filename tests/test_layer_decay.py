@@ -1,6 +1,7 @@
 """Layer-wise learning-rate decay (MambaOutLearningRateDecayOptimizerConstructor) through mmengine's
 build_optim_wrapper, as a config's ``optim_wrapper`` reaches it, in mmdet and in mmseg."""
 import argparse
+import os
 import re
 
 import pytest
@@ -198,10 +199,10 @@ def test_example_config_decays_as_documented():
     assert all(group['weight_decay'] == (0 if group['params'][0].ndim == 1 else weight_decay) for group in groups)
 
 
-def test_readme_convnext_cascade_options_on_the_cascade_config():
-    """The README's ``--cfg-options`` for ConvNeXt-T's Cascade values (section "Longer schedules"), merged into
+def test_docs_convnext_cascade_options_on_the_cascade_config():
+    """The ``--cfg-options`` of docs/schedules.md for ConvNeXt-T's Cascade values ("Longer schedules"), merged into
     the Cascade config as ``tools/train.py`` merges them: eight lr levels, 2e-4 * 0.7 ** (7 - layer_id)."""
-    with open('README.md') as f:
+    with open(os.path.join('docs', 'schedules.md')) as f:
         line = re.search(r'`--cfg-options (optim_wrapper\.constructor=MambaOut[^`]*)`', f.read()).group(1)
     parser = argparse.ArgumentParser()
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)  # as tools/train.py and mmdet's train.py

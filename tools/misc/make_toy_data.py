@@ -36,13 +36,12 @@ placement is rejected and re-drawn if it would leave an earlier object with less
 its area (or fewer than ``MIN_AREA`` = 40 px) visible, split off a visible (8-connected) part
 smaller than ``MIN_PART`` px -- a sliver that would stretch the box far beyond the object --
 or punch a hole into it -- so every annotated object is clearly recognisable, yet many images
-contain overlapping objects.  RLE can express holes, so the hole rule is no longer needed for
-the annotations; it is kept because it costs one line and keeps the images and label maps
-byte-identical to version 2's, on which the toy trainings so far were measured (without it, the
-placements it rejects -- 4 of the ~1000 checks of the default set -- and every later draw of
-those scenes would change).  A class's colour is mostly its own (nine times in ten near a
-class-specific hue, otherwise any hue), so colour is a strong cue but the network must also
-learn the shape; the objects are saturated and bright on a duller background so that a few
+contain overlapping objects.  RLE could express holes; the hole rule stays because it costs one
+line and keeps the images and label maps byte-identical to version 2's, on which the toy trainings
+of docs/demo.md were measured (without it, the placements it rejects -- 4 of the ~1000 checks of
+the default set -- and every later draw of those scenes would change).  A class's colour is mostly
+its own (nine times in ten near a class-specific hue, otherwise any hue), so colour is a strong cue
+but the network must also learn the shape; the objects are saturated and bright on a duller background so that a few
 minutes of CPU training at 128 px are enough to learn them.
 
 Annotations.  The ``segmentation`` of an instance is the COCO RLE of its visible mask
@@ -55,7 +54,7 @@ at 1; category ids are 1..N.
 
 Usage::
 
-    python tools/make_toy_data.py [--out data/toy] [--seed 0] [--num-train 96]
+    python tools/misc/make_toy_data.py [--out data/toy] [--seed 0] [--num-train 96]
                                   [--num-val 32] [--size 128] [--force]
 
 or ``from make_toy_data import make_toy_data; paths = make_toy_data('data/toy')``.
@@ -85,7 +84,7 @@ __all__ = ['CLASSES', 'PALETTE', 'METAINFO_FILE', 'DEFAULT_OUT', 'make_toy_data'
 
 # The shapes this generator can draw, and the hue each is mostly painted in (red-, green-, blue-ish).
 CLASS_HUES = {'square': 0.0, 'circle': 0.33, 'triangle': 0.62}
-METAINFO_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+METAINFO_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                              'configs', 'toy', '_base_', 'toy_metainfo.py')
 
 
@@ -325,7 +324,7 @@ def _write_coco_split(out_dir: str, seed: int, split_idx: int, split: str, n: in
             annotations.append(_coco_annotation(obj, len(annotations) + 1, image_id))
     coco = dict(
         info=dict(description=f'MambaOut toy shapes ({split})', version=str(GENERATOR_VERSION),
-                  year=2024, contributor='tools/make_toy_data.py', date_created=''),
+                  year=2024, contributor='tools/misc/make_toy_data.py', date_created=''),
         licenses=[],
         images=images,
         annotations=annotations,
@@ -390,7 +389,7 @@ def _own_files(paths: Dict[str, str]) -> List[str]:
 
 
 def _meta(seed: int, num_train: int, num_val: int, size: int) -> dict:
-    return dict(generator='tools/make_toy_data.py', version=GENERATOR_VERSION, seed=seed,
+    return dict(generator='tools/misc/make_toy_data.py', version=GENERATOR_VERSION, seed=seed,
                 num_train=num_train, num_val=num_val, size=size,
                 classes=list(CLASSES))
 
