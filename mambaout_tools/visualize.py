@@ -3,29 +3,33 @@ tools/misc/web_demo.py share, so that both show the same picture of the same ima
 
 Prediction and drawing are mmdet's ``DetInferencer`` and ``DetLocalVisualizer`` (boxes, masks, labels) and
 mmseg's ``MMSegInferencer`` and ``SegLocalVisualizer`` (the label map over the image); a sample holding the
-ground truth is drawn with it left of the prediction. Not theirs: the picture is drawn at an integer scale with
-a long side of ``long_side`` px or more (the prediction is made on the image as given, then its boxes, masks and
-label maps are scaled with the image), so that a small image's labels do not cover each other; a legend below
-it names each class drawn in its colour; and the mask colours mmdet's visualizer jitters are seeded, so that the
-same prediction gives the same picture on every run.
+ground truth is drawn with it left of the prediction, and a segmentor's pixels that the ground truth ignores are
+veiled in grey. Not theirs: the picture is drawn at an integer scale with a long side of ``long_side`` px or more
+(the prediction is made on the image as given, then its boxes, masks and label maps are scaled with the image),
+so that a small image's labels do not cover each other; a legend below it names each class drawn in its colour;
+and the mask colours mmdet's visualizer jitters are seeded, so that the same prediction gives the same picture
+on every run.
 """
 import contextlib
 import os.path as osp
 import pickle
-import re
 
 import cv2
 import mmcv
 import numpy as np
 import torch
 
-from mambaout_tools.launch import RUNNER_STATE_GLOBALS
 from mambaout_tools.models import load_config
+from mambaout_tools.weights_only import load_checkpoints_weights_only, refused_checkpoint_error
 
 SCORE_THR = 0.3  # detection score threshold
 OPACITY = 0.8  # segmentation label map opacity (mmseg's default: the colours stay close to the legend's)
 LONG_SIDE = 512  # pixels: the picture's long side reaches it at an integer scale
 LEGEND_ROW, SWATCH, MARGIN = 22, 16, 8  # pixels
+IGNORE_INDEX = 255  # mmseg's label of pixels that training and mIoU skip (BaseSegDataset, IoUMetric)
+# Ignored pixels (with --gt, a segmentor's): the image under a grey veil in both panels, no prediction there,
+# so that what mIoU does not score (ADE20K's and the toy set's background) does not look like a wrong class.
+IGNORED_NAME, IGNORED_GREY, IGNORED_VEIL = 'ignored (not scored)', (170, 170, 170), 0.7
 FONT, FONT_SCALE = cv2.FONT_HERSHEY_SIMPLEX, 0.5
 
 
@@ -33,8 +37,8 @@ def load_inferencer(config, checkpoint, device):
     """The inferencer of the mmdet or mmseg ``config`` file with the weights of ``checkpoint`` on ``device``.
 
     Raises:
-        ValueError: a file is missing, the config is not an mmdet or mmseg one, or weights-only unpickling
-            refuses the checkpoint; the message says which.
+        ValueError: a file is missing or the config is not an mmdet or mmseg one; the message says which.
+        SystemExit: weights-only unpickling refuses the checkpoint (its ``error:`` line says how to convert it).
     """
     for path, what in ((config, 'config'), (checkpoint, 'checkpoint')):
         if not osp.isfile(path):
@@ -43,30 +47,18 @@ def load_inferencer(config, checkpoint, device):
 
 
 def build_inferencer(cfg, checkpoint, device):
-    """mmdet's or mmseg's inferencer of ``cfg`` with the weights of ``checkpoint`` on ``device``.
-
-    Checkpoints written before the plugins made training checkpoints weights-only loadable load as in
-    tools/test.py (``RUNNER_STATE_GLOBALS``).
-
-    Raises:
-        ValueError: weights-only unpickling still refuses the checkpoint (the message says how to convert it).
-    """
+    """mmdet's or mmseg's inferencer of ``cfg`` with the weights of ``checkpoint`` on ``device``, unpickled
+    weights-only on every torch (mmdet's and mmseg's inferencers unpickle fully on torch < 2.6); a checkpoint
+    that weights-only unpickling refuses is one ``error:`` line (``SystemExit``)."""
     if cfg.default_scope == 'mmdet':
         from mmdet.apis import DetInferencer as Inferencer
     else:
         from mmseg.apis import MMSegInferencer as Inferencer
+    load_checkpoints_weights_only()
     try:
-        with torch.serialization.safe_globals(RUNNER_STATE_GLOBALS):
-            return Inferencer(cfg, checkpoint, device=device)
+        return Inferencer(cfg, checkpoint, device=device)
     except pickle.UnpicklingError as err:
-        refused = re.search(r'GLOBAL (\S+)', str(err))  # what torch refused; its message is a page long
-        cause = f' (it holds {refused.group(1)})' if refused else ''
-        converted = osp.splitext(checkpoint)[0] + '_weights.pth'
-        raise ValueError(
-            f'torch.load(weights_only=True) refuses {checkpoint}{cause}. If you trust '
-            f'the file, keep only its weights and class names: python -c "import torch; c = torch.load({checkpoint!r}, '
-            "weights_only=False); torch.save(dict(state_dict=c['state_dict'], meta=dict(dataset_meta=c.get('meta', "
-            f"{{}}).get('dataset_meta', {{}}))), {converted!r})\"") from None
+        raise refused_checkpoint_error(checkpoint, err) from None
 
 
 def predict(inferencer, image, score_thr):
@@ -106,7 +98,9 @@ def upscale(sample, factor, size):
 def draw(inferencer, image, sample, score_thr, opacity, long_side):
     """The picture (RGB) of ``sample`` on ``image`` by the inferencer's visualizer -- ground truth left of the
     prediction when ``sample`` holds one -- at an integer scale that brings its long side to ``long_side`` px
-    or more, and the drawn classes as ``(name, RGB colour)`` pairs in their colours."""
+    or more, and the drawn classes as ``(name, RGB colour)`` pairs in their colours. A segmentor's pixels that
+    the ground truth ignores are veiled in grey in both panels, the prediction is not drawn there, and the
+    legend names them (:data:`IGNORED_NAME`)."""
     rgb = mmcv.imread(image, channel_order='rgb')
     factor = max(1, -(-long_side // max(rgb.shape[:2])))
     rgb = rgb.repeat(factor, 0).repeat(factor, 1)
@@ -124,6 +118,15 @@ def draw(inferencer, image, sample, score_thr, opacity, long_side):
         visualizer.alpha = opacity
         palette = meta['palette']
     titled = fields[0][0] in sample  # titles tell the ground truth from the prediction; alone, none
+    ignored = None
+    if not detector and 'gt_sem_seg' in sample:
+        from mmengine.structures import PixelData
+        truth = sample.gt_sem_seg.data
+        ignored = (truth[0] == IGNORE_INDEX).cpu().numpy()
+        if 'pred_sem_seg' in sample:  # an index the visualizer does not paint (>= the number of classes)
+            prediction = sample.pred_sem_seg.data
+            sample.pred_sem_seg = PixelData(data=torch.where(truth.to(prediction.device) == IGNORE_INDEX,
+                                                             IGNORE_INDEX, prediction))
     panels, labels = [], set()
     for field, title in fields:
         if field not in sample:
@@ -133,10 +136,16 @@ def draw(inferencer, image, sample, score_thr, opacity, long_side):
         options = dict(pred_score_thr=score_thr) if detector else {}
         with numpy_seeded(0):
             visualizer.add_datasample(title, rgb, sample, draw_gt=gt, draw_pred=not gt, **options)
-        panels.append(with_title(visualizer.get_image(), title if titled else None))
+        panel = visualizer.get_image()
+        if ignored is not None:
+            panel = panel.copy()
+            panel[ignored] = (rgb[ignored] * (1 - IGNORED_VEIL) + np.array(IGNORED_GREY) * IGNORED_VEIL).round()
+        panels.append(with_title(panel, title if titled else None))
         values = sample.get(field).labels if detector else sample.get(field).data.unique()
         labels.update(int(label) for label in values if label < len(meta['classes']))
     entries = [(meta['classes'][label], tuple(int(c) for c in palette[label])) for label in sorted(labels)]
+    if ignored is not None and ignored.any():
+        entries.append((IGNORED_NAME, IGNORED_GREY))
     return np.concatenate(panels, axis=1), entries
 
 

@@ -22,7 +22,7 @@ import mmcv
 import numpy as np
 import pytest
 import torch
-from conftest import untrained_checkpoint
+from conftest import tool_env, untrained_checkpoint
 from mmengine.config import Config
 
 from mambaout_tools.visualize import LONG_SIDE
@@ -72,8 +72,7 @@ def server(work):
     """The web demo on a free port of 127.0.0.1 with the untrained checkpoints; stopped at the end in all cases."""
     require('gradio', 'pip install -e ".[demo]"')
     port, log_path = free_port(), work / 'server.log'
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1', GRADIO_TEMP_DIR=str(work / 'gradio'),
-               TMPDIR=str(work))
+    env = tool_env(OMP_NUM_THREADS='1', GRADIO_TEMP_DIR=str(work / 'gradio'), TMPDIR=str(work))
     command = [sys.executable, os.path.join(ROOT, 'tools', 'misc', 'web_demo.py'), '--det', DET, str(work / 'det.pth'),
                '--seg', SEG, str(work / 'seg.pth'), '--device', 'cpu', '--port', str(port),
                '--score-thr', str(SCORE_THR), '--examples', str(work / 'toy')]

@@ -7,12 +7,14 @@ Works with any config of this repository (mmdet or mmseg, told apart by its defa
 The prediction and the picture are mambaout_tools/visualize.py's (tools/misc/web_demo.py shows the same).
 Prediction and drawing are mmdet's ``DetInferencer`` and ``DetLocalVisualizer`` (boxes, masks, labels) and
 mmseg's ``MMSegInferencer`` and ``SegLocalVisualizer`` (the label map over the image); with ``--gt`` their
-visualizers draw the ground truth left of the prediction. Not theirs: the picture goes to ``--out`` (they
+visualizers draw the ground truth left of the prediction, and a segmentor's pixels that the ground truth
+ignores (label 255: ADE20K's and the toy set's background, which mIoU does not score) are shown veiled in grey,
+without prediction, as "ignored (not scored)" in the legend. Not theirs: the picture goes to ``--out`` (they
 write ``OUT_DIR/vis/<image name>``); it is drawn at an integer scale with a long side of ``--long-side`` px
 or more (the prediction is made on the image as given, then its boxes, masks and label maps are scaled with
 the image), so that a small image's labels do not cover each other; a legend below it names each class drawn
-in its colour; and checkpoints written before the plugins made training checkpoints weights-only loadable
-load as in tools/test.py (``RUNNER_STATE_GLOBALS``).
+in its colour; and the checkpoint is unpickled weights-only on every torch, as in tools/test.py
+(``mambaout_tools/weights_only.py``; mmdet's and mmseg's inferencers unpickle fully on torch < 2.6).
 """
 import argparse
 import contextlib
@@ -23,8 +25,8 @@ import os.path as osp
 import mmcv
 import numpy as np
 import torch
-from mambaout_tools.visualize import (LONG_SIDE, OPACITY, SCORE_THR, draw_with_legend, empty_note, load_inferencer,
-                                      predict)
+from mambaout_tools.visualize import (IGNORE_INDEX, LONG_SIDE, OPACITY, SCORE_THR, draw_with_legend, empty_note,
+                                      load_inferencer, predict)
 
 
 def parse_args(argv=None):
@@ -79,7 +81,7 @@ def ground_truth(cfg, image, annotation, classes):
     from mmseg.structures import SegDataSample
     label_map = mmcv.imread(annotation, flag='unchanged').astype(np.int64)
     if cfg.test_dataloader.dataset.get('reduce_zero_label', False):
-        label_map = np.where(label_map == 0, 255, label_map - 1)
+        label_map = np.where(label_map == 0, IGNORE_INDEX, label_map - 1)
     return SegDataSample(gt_sem_seg=PixelData(data=torch.from_numpy(label_map)[None]))
 
 
@@ -90,7 +92,7 @@ def main(argv=None):
             raise SystemExit(f'error: {what} not found: {path}')
     try:
         inferencer = load_inferencer(args.config, args.checkpoint, args.device)
-    except ValueError as err:
+    except ValueError as err:  # a missing file, or not an mmdet/mmseg config
         raise SystemExit(f'error: {err}') from None
     sample = predict(inferencer, args.image, args.score_thr)
     predicted = sample.pred_instances.labels.tolist() if 'pred_instances' in sample else \
@@ -98,9 +100,9 @@ def main(argv=None):
     if args.gt:
         classes = list(inferencer.model.dataset_meta['classes'])
         sample.update(ground_truth(inferencer.cfg, args.image, args.gt, classes))
-    drawn = draw_with_legend(inferencer, args.image, sample, args.score_thr, args.opacity, args.long_side)
+    picture = draw_with_legend(inferencer, args.image, sample, args.score_thr, args.opacity, args.long_side)
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-    mmcv.imwrite(drawn[..., ::-1], args.out)
+    mmcv.imwrite(picture[..., ::-1], args.out)
     classes = inferencer.model.dataset_meta['classes']
     names = [classes[label] for label in sorted(set(predicted)) if label < len(classes)]
     print(f'{args.out}: {", ".join(names) or empty_note(inferencer, args.score_thr)}')
