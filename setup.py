@@ -29,7 +29,9 @@ EXTRAS_REQUIRE = {
     # mmdet's/mmseg's own analysis tools: benchmark.py (psutil), analyze_logs.py (seaborn).
     'analysis': ['psutil>=5.9', 'seaborn>=0.12,<0.14'],
     # The web demo (tools/misc/web_demo.py).
-    'demo': [],
+    'demo': ['gradio>=6.31,<7'],
+    # The web demo's browser test drives Debian's chromium (tools/install/install.sh installs it).
+    'browser-tests': ['playwright==1.65.2'],
 }
 
 setup(

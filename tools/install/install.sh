@@ -134,7 +134,17 @@ fi
 
 log "mmengine, mmdet, mmseg, timm, ONNX and test tools (requirements.txt), then this package"
 pip_install -r "$ROOT/requirements.txt"
-pip_install --no-build-isolation -e "$ROOT[onnx,tests,analysis]"
+pip_install --no-build-isolation -e "$ROOT[onnx,tests,analysis,demo,browser-tests]"
+# The web demo's test drives a headless Chromium: Debian's (Playwright's own browser download cannot run here).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "chromium (Debian) for the web demo's browser test"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+      || die "apt-get install chromium failed: the web demo's test needs it (apt-get install -y chromium)"
+  else
+    log "note: no chromium: tests/test_web_demo.py needs it (apt-get install -y chromium)"
+  fi
+fi
 
 "$PY" - <<'PY'
 import mmcv, mmcv.ops, mmdet, mmseg, mmengine, numpy, timm, torch
