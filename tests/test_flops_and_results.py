@@ -117,7 +117,7 @@ def test_get_flops_of_mask_rcnn_tiny_full_size_is_the_metafiles(jobs):
     """What get_flops.py prints at its default shape is what configs/metafile.yml (and the README's model zoo) say:
     params to the parameter, FLOPs to the printed 0.1 G, the backbone that of the ImageNet-1k tiny entry."""
     out = _parse_flops(_check(jobs['futures']['flops_det_full'].result()).stdout)
-    assert out['shape'] == (800, 1280)
+    assert out['shape'] == (1280, 800)  # W x H, as printed
     metafile = results_table.Metafile()
     listed = metafile.ours('mask_rcnn_mambaout_t_1x')['Metadata']
     assert out['params'] == listed['Parameters']
