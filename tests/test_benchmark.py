@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from conftest import tool_env
 
 from tools.analysis_tools import benchmark
 
@@ -104,7 +105,7 @@ def test_default_shapes():
 
 def test_bad_config_path_exits_nonzero_and_names_it():
     proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'analysis_tools', 'benchmark.py'), 'configs/nope.py'],
-                          capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+                          capture_output=True, text=True, cwd=ROOT, env=tool_env())
     assert proc.returncode != 0
     assert 'config file not found: configs/nope.py' in proc.stderr
 

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import untrained_checkpoint
+from conftest import tool_env, untrained_checkpoint
 
 from mambaout_tools.models import build_model, load_config
 from tools.deployment import export_onnx
@@ -72,7 +72,7 @@ def test_segmentor_logits_at_input_resolution_any_size(tmp_path, capsys):
     # A third size, not a multiple of 32 (mmseg does not pad at test time), against mmseg's own inference
     # (decode head logits resized to the input) of the checkpoint's segmentor.
     segmentor = build_model(load_config(TOY_SEG)).eval()
-    segmentor.load_state_dict(torch.load(checkpoint)['state_dict'])
+    segmentor.load_state_dict(torch.load(checkpoint, weights_only=True)['state_dict'])
     inputs = torch.randn(1, 3, 72, 100)
     with torch.no_grad():
         expected = segmentor.decode_head.predict(segmentor.extract_feat(inputs), [dict(img_shape=(72, 100))],
@@ -93,7 +93,7 @@ def test_backbone_only_holds_the_checkpoint(tmp_path, capsys):
 
     # Another size and batch, against the checkpoint's backbone built here: the file has its weights.
     backbone = build_model(load_config(TOY_DET), backbone_only=True).eval()
-    weights = torch.load(checkpoint)['state_dict']
+    weights = torch.load(checkpoint, weights_only=True)['state_dict']
     backbone.load_state_dict({k[len('backbone.'):]: v for k, v in weights.items() if k.startswith('backbone.')})
     inputs = torch.randn(3, 3, 45, 77)
     with torch.no_grad():
@@ -238,13 +238,36 @@ def test_bad_arguments_exit_2(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('unimportable, exporter, message', [
+    (['onnxscript'], 'dynamo', 'error: onnxscript not installed: pip install onnxscript (or --exporter torchscript, '
+                               'which does not use onnxscript)'),
+    (['onnxscript'], 'torchscript', None),  # not needed there
+    (['onnxruntime'], 'torchscript', 'error: onnxruntime not installed: pip install onnxruntime; tested versions'),
+    (['onnx', 'onnxscript'], 'dynamo', 'error: onnx, onnxscript not installed: pip install onnx onnxscript; tested'),
+])
+def test_missing_onnx_package_is_one_line_with_its_pip_install(unimportable, exporter, message, tmp_path,
+                                                                monkeypatch):
+    for name in unimportable:
+        monkeypatch.setitem(sys.modules, name, None)  # `import name` raises ImportError
+    # Before anything is built: a model that cannot be built shows that nothing is.
+    monkeypatch.setattr(export_onnx, 'build_model', lambda cfg: pytest.fail('model built'))
+    if message is None:
+        with pytest.raises(pytest.fail.Exception, match='model built'):
+            export_onnx.main([TOY_SEG, '--out', str(tmp_path / 'x.onnx'), '--exporter', exporter])
+        return
+    with pytest.raises(SystemExit) as excinfo:
+        export_onnx.main([TOY_SEG, '--out', str(tmp_path / 'x.onnx'), '--exporter', exporter])
+    assert str(excinfo.value.code).startswith(message)
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(not export_onnx.HAS_DYNAMO_EXPORTER, reason=export_onnx.NO_DYNAMO_EXPORTER)
 @pytest.mark.parametrize('config, options, outputs', [(TOY_SEG, [], 'logits'),
                                                       (TOY_DET, ['--neck-only'], 'neck0, neck1, neck2, neck3, neck4')])
 def test_tool_with_default_exporter(config, options, outputs, tmp_path):
     """As users run it: a process, torch's default (dynamo) exporter; the file then runs at a third size."""
     out = tmp_path / 'model.onnx'
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    env = tool_env(OMP_NUM_THREADS='1')
     run = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'deployment', 'export_onnx.py'), config, '--out', str(out),
                           '--shape', '64', '64', '--runs', '1', *options], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=600)
@@ -256,6 +279,18 @@ def test_tool_with_default_exporter(config, options, outputs, tmp_path):
     assert re.search(r'PyTorch +\d+\.\d ms/img +ONNX Runtime +\d+\.\d ms/img', run.stdout)
     got = ort_outputs(out, torch.randn(2, 3, 96, 32))
     assert got[0].shape[0] == 2 and got[0].shape[-2:] == ((96, 32) if config == TOY_SEG else (24, 8))
+
+
+@pytest.mark.skipif(export_onnx.HAS_DYNAMO_EXPORTER, reason=f'torch {torch.__version__} has the dynamo exporter')
+def test_dynamo_exporter_on_a_torch_without_it_takes_torchscript(capsys):
+    args = export_onnx.parse_args([TOY_SEG, '--out', 'x.onnx', '--exporter', 'dynamo'])
+    assert args.exporter == 'torchscript'
+    assert capsys.readouterr().err == (f'note: torch {torch.__version__} has no dynamo ONNX exporter '
+                                       '(torch.onnx.export(dynamo=True), torch >= 2.6); exporting with the '
+                                       'TorchScript exporter\n')
+    assert export_onnx.parse_args([TOY_SEG, '--out', 'x.onnx']).exporter == 'torchscript'  # the default there
+    with pytest.raises(ValueError, match="no dynamo ONNX exporter .*use exporter='torchscript'"):
+        export_onnx.export_onnx(torch.nn.Identity(), torch.randn(1, 3, 32, 32), 'x.onnx', ['y'], exporter='dynamo')
 
 
 @pytest.mark.filterwarnings('ignore::torch.jit.TracerWarning')  # the int() below is the point

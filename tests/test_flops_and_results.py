@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import untrained_checkpoint
+from conftest import tool_env, untrained_checkpoint
 from mambaout_tools.models import build_model, load_config
 from tools.analysis_tools import results_table
 from tools.misc.make_toy_data import make_toy_data
@@ -30,9 +30,7 @@ SHAPE = ('256', '256')
 
 
 def _env():
-    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
-    env['PYTHONPATH'] = os.pathsep.join([ROOT] + [p for p in [os.environ.get('PYTHONPATH')] if p])
-    return env
+    return tool_env(OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
 
 
 def _run(args, cwd=ROOT, timeout=900):
@@ -117,7 +115,7 @@ def test_get_flops_of_mask_rcnn_tiny_full_size_is_the_metafiles(jobs):
     """What get_flops.py prints at its default shape is what configs/metafile.yml (and the README's model zoo) say:
     params to the parameter, FLOPs to the printed 0.1 G, the backbone that of the ImageNet-1k tiny entry."""
     out = _parse_flops(_check(jobs['futures']['flops_det_full'].result()).stdout)
-    assert out['shape'] == (1280, 800)  # W x H, as printed
+    assert out['shape'] == (1280, 800)  # as get_flops.py prints it: 1280x800
     metafile = results_table.Metafile()
     listed = metafile.ours('mask_rcnn_mambaout_t_1x')['Metadata']
     assert out['params'] == listed['Parameters']

@@ -49,6 +49,7 @@ the export is checked against is the one as built.
 import argparse
 import contextlib
 import copy
+import importlib
 import inspect
 import io
 import os
@@ -66,13 +67,25 @@ from mmengine.config import DictAction
 from mmengine.runner import load_checkpoint
 from torch import nn
 
-from mambaout_tools.launch import RUNNER_STATE_GLOBALS
 from mambaout_tools.models import build_model, load_config, synthetic_batch
+from mambaout_tools.weights_only import load_checkpoints_weights_only, refused_checkpoint_error
 
 INPUT_NAME = 'input'
 EXPORTERS = ('dynamo', 'torchscript')
-# LayerNormalization is an ONNX operator from opset 17 on; 20 is the newest the TorchScript exporter writes.
-MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 17, 20, 18
+_EXPORT_PARAMETERS = inspect.signature(torch.onnx.export).parameters
+# torch.onnx.export(dynamo=True) with torch.export.Dim.DYNAMIC: torch >= 2.6; older torch has the TorchScript
+# exporter only (its torch.onnx.dynamo_export is an experimental API of another form).
+HAS_DYNAMO_EXPORTER = 'dynamo' in _EXPORT_PARAMETERS and hasattr(getattr(torch, 'export', None), 'Dim') \
+    and hasattr(torch.export.Dim, 'DYNAMIC')
+DEFAULT_EXPORTER = 'dynamo' if HAS_DYNAMO_EXPORTER else 'torchscript'
+NO_DYNAMO_EXPORTER = (f'torch {torch.__version__} has no dynamo ONNX exporter '
+                      '(torch.onnx.export(dynamo=True), torch >= 2.6)')
+# LayerNormalization is an ONNX operator from opset 17 on; 20 is the newest torch 2.14's TorchScript exporter
+# writes, and where it is the only exporter (torch < 2.6) its own maximum (17 on torch 2.1) bounds the choice.
+_TORCHSCRIPT_MAX_OPSET = getattr(getattr(torch.onnx, '_constants', None), 'ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET', 17)
+MIN_OPSET = 17
+MAX_OPSET = 20 if HAS_DYNAMO_EXPORTER else max(MIN_OPSET, min(20, _TORCHSCRIPT_MAX_OPSET))
+DEFAULT_OPSET = min(18, MAX_OPSET)
 # One protobuf file holds at most 2 GiB; larger models keep their weights in FILE.data beside it.
 PROTOBUF_LIMIT_BYTES = 2 ** 31 - 2 ** 26
 
@@ -182,30 +195,56 @@ def normalized_inputs(model: nn.Module, scope: str, shape: Tuple[int, int], batc
 
 
 def export_onnx(module: nn.Module, example: torch.Tensor, path: str, output_names: Sequence[str],
-                exporter: str = 'dynamo', opset: int = DEFAULT_OPSET,
+                exporter: str = DEFAULT_EXPORTER, opset: int = DEFAULT_OPSET,
                 dynamic_axes: Optional[Dict[str, Dict[int, str]]] = None) -> None:
     """Write ``module`` (in eval mode) to the ONNX file ``path`` with one input, :data:`INPUT_NAME`, of dynamic
     batch, height and width, traced on ``example``. ``module`` itself is not changed (a copy with its adaptive
     pools replaced, :func:`replace_adaptive_avg_pools`, is exported). ``dynamic_axes``: which axes of the input
     and outputs are dynamic, ``{name: {axis: label}}`` (default: axes 0, 2 and 3 of each); the dynamo exporter
-    reads the input's and finds the outputs' itself."""
+    reads the input's and finds the outputs' itself.
+
+    Raises:
+        ValueError: an unknown ``exporter``, or ``'dynamo'`` on a torch without it (:data:`HAS_DYNAMO_EXPORTER`).
+    """
     if exporter not in EXPORTERS:
         raise ValueError(f'exporter must be one of {EXPORTERS}, got {exporter!r}')
+    if exporter == 'dynamo' and not HAS_DYNAMO_EXPORTER:
+        raise ValueError(f"{NO_DYNAMO_EXPORTER}: use exporter='torchscript' or torch >= 2.6")
     exportable = copy.deepcopy(module).eval()
     replace_adaptive_avg_pools(exportable)
     weight_bytes = sum(p.numel() * p.element_size() for p in exportable.parameters())
-    options = dict(input_names=[INPUT_NAME], output_names=list(output_names), opset_version=opset,
-                   external_data=weight_bytes > PROTOBUF_LIMIT_BYTES)
+    options = dict(input_names=[INPUT_NAME], output_names=list(output_names), opset_version=opset)
+    if 'external_data' in _EXPORT_PARAMETERS:  # older torch picks the external data format by size itself
+        options['external_data'] = weight_bytes > PROTOBUF_LIMIT_BYTES
+    if 'dynamo' in _EXPORT_PARAMETERS:
+        options['dynamo'] = exporter == 'dynamo'
     if dynamic_axes is None:
         dynamic_axes = {INPUT_NAME: {0: 'batch', 2: 'height', 3: 'width'}}
         dynamic_axes.update({name: {0: 'batch', 2: f'{name}_height', 3: f'{name}_width'} for name in output_names})
     with torch.no_grad():
         if exporter == 'dynamo':
             dynamic = torch.export.Dim.DYNAMIC
-            torch.onnx.export(exportable, (example, ), path, dynamo=True, verbose=False,
+            torch.onnx.export(exportable, (example, ), path, verbose=False,
                               dynamic_shapes=({axis: dynamic for axis in dynamic_axes[INPUT_NAME]}, ), **options)
         else:
-            torch.onnx.export(exportable, (example, ), path, dynamo=False, dynamic_axes=dynamic_axes, **options)
+            torch.onnx.export(exportable, (example, ), path, dynamic_axes=dynamic_axes, **options)
+
+
+def check_onnx_packages(exporter: str) -> None:
+    """Exit with one line that names the packages the export and its check need and are not installed (onnx
+    reads the file, onnxruntime runs it, onnxscript is what the dynamo exporter translates with), and the
+    ``pip install`` that adds them; before anything is built."""
+    needed = ('onnx', 'onnxruntime') + (('onnxscript', ) if exporter == 'dynamo' else ())
+    missing = []
+    for name in needed:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        avoid = ' (or --exporter torchscript, which does not use onnxscript)' if missing == ['onnxscript'] else ''
+        raise SystemExit(f'error: {", ".join(missing)} not installed: pip install {" ".join(missing)}{avoid}; '
+                         'tested versions in requirements.txt')
 
 
 def file_opset(path: str) -> int:
@@ -679,9 +718,11 @@ def parse_args(argv=None):
     parser.add_argument('--test-set', action='store_true',
                         help='a whole detector: also run the config\'s test set (test_dataloader, relative to the '
                              'current folder) through mmdet and the file and compare their bbox/segm mAP')
-    parser.add_argument('--exporter', choices=EXPORTERS, default='dynamo',
-                        help='torch.onnx.export(dynamo=True) (torch.export, the default) or the TorchScript tracer '
-                             '(dynamo=False; faster to export, deprecated by torch)')
+    parser.add_argument('--exporter', choices=EXPORTERS, default=DEFAULT_EXPORTER,
+                        help='torch.onnx.export(dynamo=True) (torch.export; the default on torch >= 2.6) or the '
+                             'TorchScript tracer (dynamo=False; faster to export, deprecated by torch; the default '
+                             'and the only exporter on older torch, where dynamo falls back to it with a note) '
+                             f'(default here: {DEFAULT_EXPORTER})')
     parser.add_argument('--opset', type=int, default=DEFAULT_OPSET,
                         choices=range(MIN_OPSET, MAX_OPSET + 1), metavar='N',
                         help=f'ONNX opset, {MIN_OPSET} (LayerNormalization) to {MAX_OPSET} '
@@ -692,6 +733,9 @@ def parse_args(argv=None):
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config entries, e.g. model.backbone.arch=small')
     args = parser.parse_args(argv)
+    if args.exporter == 'dynamo' and not HAS_DYNAMO_EXPORTER:
+        print(f'note: {NO_DYNAMO_EXPORTER}; exporting with the TorchScript exporter', file=sys.stderr)
+        args.exporter = 'torchscript'
     if args.checkpoint is not None and not osp.isfile(args.checkpoint):
         parser.error(f'--checkpoint: file not found: {args.checkpoint}')
     if osp.isdir(args.out):
@@ -723,14 +767,13 @@ def parse_args(argv=None):
 
 
 def load_weights(model, checkpoint):
-    """``checkpoint``'s weights into ``model`` (strict: a key missing or left over is an error); checkpoints
-    written before training checkpoints became weights-only loadable load as in tools/test.py."""
+    """``checkpoint``'s weights into ``model`` (strict: a key missing or left over is an error), unpickled
+    weights-only on every torch as in tools/test.py."""
+    load_checkpoints_weights_only()
     try:
-        with torch.serialization.safe_globals(RUNNER_STATE_GLOBALS):
-            load_checkpoint(model, checkpoint, map_location='cpu', strict=True, logger='silent')
+        load_checkpoint(model, checkpoint, map_location='cpu', strict=True, logger='silent')
     except pickle.UnpicklingError as err:
-        raise SystemExit(f'error: torch.load(weights_only=True) refuses {checkpoint}: '
-                         f'{str(err).splitlines()[0]}') from None
+        raise refused_checkpoint_error(checkpoint, err) from None
     except RuntimeError as err:  # mmengine lists the keys that do not match
         raise SystemExit(f'error: {checkpoint} does not fit the config\'s model: '
                          f'{" ".join(str(err).split())[:400]}') from None
@@ -738,6 +781,7 @@ def load_weights(model, checkpoint):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_onnx_packages(args.exporter)
     cfg, scope = args.cfg, args.cfg.default_scope
     model = build_model(cfg).eval()
     if args.checkpoint:
