@@ -181,3 +181,16 @@ def test_the_word_check_finds_what_it_looks_for():
     assert FORBIDDEN.search('the targets of ' + 'is' + 'sue 14') and FORBIDDEN.search('ru' + 'n 3 of the demo')
     assert FORBIDDEN.search('not measured in this ' + 'ses' + 'sion')
     assert not FORBIDDEN.search('ort_session = ort.InferenceSession(path)') and not FORBIDDEN.search('runs 30 steps')
+
+
+def test_every_test_the_faults_table_names_exists():
+    """docs/faults.md names the test that holds each row (`test_x.py::test_y`, `::test_z` for the same file)."""
+    names, current = [], None
+    for cell in re.findall(r'`((?:test_\w+\.py)?::test_\w+)`', read(os.path.join('docs', 'faults.md'))):
+        file, test = cell.split('::')
+        current = file or current
+        names.append((current, test))
+    assert len(names) > 40
+    missing = [f'{file}::{test}' for file, test in names
+               if not re.search(rf'^def {test}\(', read(os.path.join('tests', file)), re.M)]
+    assert missing == []

@@ -147,7 +147,7 @@ def test_stock_mmdet_train_test_and_resume(toy_dir):
 
 
 def test_mim_trains_and_tests_with_our_configs(toy_dir):
-    """The README's mim commands, with the toy config."""
+    """The mim commands of docs/train_test.md, with the toy config."""
     work_dir = toy_dir / 'seg_mim'
     run(['-m', 'mim', 'train', 'mmseg', SEG, '--work-dir', str(work_dir), '--cfg-options', 'train_cfg.max_iters=2',
          'default_hooks.checkpoint.interval=2', 'train_cfg.val_interval=100'], toy_dir)

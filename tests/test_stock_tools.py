@@ -6,8 +6,8 @@ trained or downloaded).
 The scripts that run a whole test loop (``test.py``) are processes; the light ones run in this process from
 their file with their command line (``runpy``), which spares an interpreter start each. What the stock
 scripts cannot do with any config (mmseg's ``get_flops.py``, mmdet's ``benchmark.py --task inference`` on a
-machine without CUDA, mmseg's ``confusion_matrix.py`` on a ``reduce_zero_label`` set) is in the README's list
-of stock tools, with what to run instead.
+machine without CUDA, mmseg's ``confusion_matrix.py`` on a ``reduce_zero_label`` set) is in docs/train_test.md's
+list of stock tools, with what to run instead.
 """
 import importlib
 import os
