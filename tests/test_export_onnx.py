@@ -238,12 +238,16 @@ def test_bad_arguments_exit_2(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
+# A torch without the dynamo exporter exports with TorchScript whatever --exporter says, so onnxscript is not
+# needed there.
 @pytest.mark.parametrize('unimportable, exporter, message', [
     (['onnxscript'], 'dynamo', 'error: onnxscript not installed: pip install onnxscript (or --exporter torchscript, '
-                               'which does not use onnxscript)'),
+                               'which does not use onnxscript)' if export_onnx.HAS_DYNAMO_EXPORTER else None),
     (['onnxscript'], 'torchscript', None),  # not needed there
     (['onnxruntime'], 'torchscript', 'error: onnxruntime not installed: pip install onnxruntime; tested versions'),
-    (['onnx', 'onnxscript'], 'dynamo', 'error: onnx, onnxscript not installed: pip install onnx onnxscript; tested'),
+    (['onnx', 'onnxscript'], 'dynamo',
+     'error: onnx, onnxscript not installed: pip install onnx onnxscript; tested' if export_onnx.HAS_DYNAMO_EXPORTER
+     else 'error: onnx not installed: pip install onnx; tested'),
 ])
 def test_missing_onnx_package_is_one_line_with_its_pip_install(unimportable, exporter, message, tmp_path,
                                                                 monkeypatch):
