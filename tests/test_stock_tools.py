@@ -14,6 +14,7 @@ import os
 import runpy
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -69,6 +70,10 @@ def toy(tmp_path_factory):
 def published(library, script, checkpoint, out, cwd, monkeypatch, capsys):
     """``publish_model.py`` of ``library`` on ``checkpoint``: the path it wrote (``OUT-<sha256[:8]>.pth``)."""
     run_script(library, script, checkpoint, out, cwd=cwd, monkeypatch=monkeypatch, capsys=capsys)
+    # mmseg's script renames OUT in a `mv` it starts and does not wait for.
+    deadline = time.monotonic() + 30
+    while out.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
     written = [path for path in out.parent.iterdir() if path.name.startswith(out.stem + '-')]
     assert len(written) == 1, written
     return written[0]
