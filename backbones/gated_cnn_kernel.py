@@ -43,6 +43,24 @@ def emulate_device_branches(device_type: str) -> Iterator[None]:
         _emulated_device_type = previous
 
 
+def is_compiling() -> bool:
+    """Whether torch.compile (Dynamo) is tracing the caller: ``torch.compiler.is_compiling`` (torch >= 2.3),
+    ``torch._dynamo.is_compiling`` before it."""
+    if hasattr(torch.compiler, 'is_compiling'):
+        return torch.compiler.is_compiling()
+    return torch._dynamo.is_compiling()
+
+
+def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """Autocast's dtype on ``device_type`` where autocast is on there, else None. torch < 2.4 has no
+    per-device query: there CPU and CUDA autocast are asked (any other device type reads as CUDA's)."""
+    if hasattr(torch, 'get_autocast_dtype'):
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    if device_type == 'cpu':
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+    return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+
+
 def _branch_device_type(tensor: torch.Tensor) -> str:
     """The device type whose branch to take for ``tensor``: its own unless :func:`emulate_device_branches`."""
     return _emulated_device_type or tensor.device.type
@@ -107,7 +125,7 @@ def gated_cnn_branch(x: torch.Tensor, spec: GatedCNNSpec, params: GatedCNNParams
     """The branch's output for NHWC ``x``, in autocast's dtype where autocast is on: through
     :class:`GatedCNNFunction` when a gradient is wanted, else :func:`gated_inference`."""
     device = x.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    dtype = autocast_dtype(device) or x.dtype
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
         return GatedCNNFunction.apply(x, spec, dtype, *params)
     with torch.autocast(device, enabled=False):

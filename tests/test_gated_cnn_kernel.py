@@ -2,6 +2,8 @@
 autocast (outputs, gradients, overflow), with_cp, the activations it keeps, and both depthwise-conv backward
 formulations. The branches the kernel takes on CUDA (aten's depthwise-conv backward, unchunked inference)
 run here on the CPU through ``gated_cnn_kernel.emulate_device_branches('cuda')``."""
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -16,6 +18,21 @@ BLOCKS = [dict(), dict(expansion_ratio=3.0, conv_ratio=1.5, act_layer=nn.SiLU, l
 
 
 BRANCHES = ['cpu', 'cuda']  # the device whose branches the kernel takes (emulated on this CPU)
+
+
+def _cpu_autocast_has(dtype):
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # torch 2.1 warns that it disables autocast, then raises on entering
+        try:
+            with torch.autocast('cpu', dtype=dtype):
+                return True
+        except RuntimeError:
+            return False
+
+
+# The CUDA branches are emulated under CPU autocast too, so float16 cases need it on the CPU.
+needs_cpu_fp16_autocast = pytest.mark.skipif(
+    not _cpu_autocast_has(torch.float16), reason='no float16 CPU autocast in this torch (torch 2.1: bfloat16 only)')
 
 
 def _random_block(**kwargs):
@@ -95,7 +112,7 @@ def test_chunked_and_unchunked_inference_match_plain_modules(kwargs, monkeypatch
 
 
 @pytest.mark.parametrize('branch', BRANCHES)
-@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('dtype', [torch.bfloat16, pytest.param(torch.float16, marks=needs_cpu_fp16_autocast)])
 @pytest.mark.parametrize('kwargs', BLOCKS)
 def test_autocast_outputs_equal_plain_and_gradients_as_close_to_fp32(kwargs, dtype, branch):
     # Mixed precision: the kernel makes autocast's casts itself, so its output is the plain modules' bit
@@ -116,6 +133,7 @@ def test_autocast_outputs_equal_plain_and_gradients_as_close_to_fp32(kwargs, dty
     assert ours_error <= 1.5 * plain_error
 
 
+@needs_cpu_fp16_autocast
 @pytest.mark.parametrize('branch', BRANCHES)
 def test_overflowing_fp16_backward_gives_inf_never_a_clipped_or_zero_gradient(branch):
     # Output gradients x 3000 (a loss scale): fc1's and fc2's weight gradients exceed fp16's 65504 in fp32
@@ -165,3 +183,16 @@ def test_depthwise_conv_backward_matches_autograd(backward):
     grad_in, grad_weight = getattr(gated_cnn_kernel, backward)(grad, inp.detach(), weight.detach(), True)
     assert torch.allclose(grad_in, inp.grad, atol=1e-5) and torch.allclose(grad_weight, weight.grad, atol=1e-4)
     assert getattr(gated_cnn_kernel, backward)(grad, inp.detach(), weight.detach(), False)[1] is None
+
+
+def test_autocast_dtype_reads_the_devices_own_autocast():
+    assert gated_cnn_kernel.autocast_dtype('cpu') is None
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert gated_cnn_kernel.autocast_dtype('cpu') == torch.bfloat16
+        assert gated_cnn_kernel.autocast_dtype('cuda') is None
+
+
+def test_is_compiling_only_under_torch_compile():
+    assert not gated_cnn_kernel.is_compiling()
+    compiled = torch.compile(lambda t: t + 1 if gated_cnn_kernel.is_compiling() else t, backend='eager')
+    assert compiled(torch.zeros(1)).item() == 1
