@@ -1,4 +1,4 @@
-# The two commands of the README. Each first runs tools/install.sh, which installs what is missing
+# The two commands of the README. Each first runs tools/install/install.sh, which installs what is missing
 # into .venv (a no-op taking about a second once everything is there).
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,10 +7,10 @@ PYTEST_ARGS ?=
 .PHONY: install demo test test-fast
 
 install:
-	@VENV=$(abspath $(VENV)) bash tools/install.sh
+	@VENV=$(abspath $(VENV)) bash tools/install/install.sh
 
 demo: install
-	$(PY) tools/demo.py
+	$(PY) tools/misc/demo.py
 
 # pytest exits 5 when it collected no test: that is a failure here, said out loud.
 test: install

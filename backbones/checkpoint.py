@@ -97,7 +97,7 @@ def _read_file(path: str, shown_name: str) -> dict:
     except Exception as err:  # pickle errors come in many types; say what happened in one line
         raise CheckpointMismatchError(
             f'Could not read {shown_name!r} with weights-only unpickling ({_one_line(err)}). Only plain tensors '
-            'are accepted; if you trust the file, re-save its state dict with tools/convert_checkpoint.py.') from None
+            'are accepted; if you trust the file, re-save its state dict with tools/model_converters/convert_checkpoint.py.') from None
 
 
 def _one_line(err: BaseException) -> str:

@@ -9,7 +9,7 @@ import importlib.metadata as metadata
 
 from packaging.version import Version
 
-FIX = 'bash tools/install.sh   (from the MambaOut repository: installs the tested stack and builds mmcv with its ops)'
+FIX = 'bash tools/install/install.sh   (from the MambaOut repository: installs the tested stack and builds mmcv with its ops)'
 # What mmdet 3.x and mmseg 1.x assert at import (their mmcv_minimum_version / mmcv_maximum_version).
 MMCV_RANGE = ('2.0.0rc4', '2.2.0')
 LIBRARY_PACKAGES = {'mmdet': 'mmdet', 'mmseg': 'mmsegmentation'}

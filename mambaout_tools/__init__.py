@@ -1,5 +1,5 @@
-"""What the scripts in ``tools/`` and the tests share, importable without path tricks (installed with the
-project): ``models`` (config -> model -> synthetic inputs), ``launch`` and ``data_check`` (what tools/train.py
-and tools/test.py share), ``peak_memory`` (tools/benchmark.py), ``runner_check`` (tools/runner_check.py),
-``gpu_report`` (the steps and report of tools/gpu_report.sh), ``onnx_export`` (tools/export_onnx.py) and
-``progress`` (tools/demo.py's quiet steps)."""
+"""What several scripts in ``tools/`` and the tests share, importable without path tricks (installed with the
+project): ``models`` (config -> model -> synthetic inputs), ``launch`` and ``data_check`` (what tools/train.py,
+tools/test.py and the other tools that load a config or checkpoint share), ``peak_memory`` (benchmark and the
+Runner check), ``saved_activations`` (benchmark and its tests) and ``progress`` (tools/misc/demo.py's quiet
+steps, and their tests). A module that only one tool uses lives in that tool's file."""

@@ -41,7 +41,7 @@ def check_coco(dataset):
     root = dataset.get('data_root', '')
     ann_file = _join(root, dataset['ann_file'])
     if not osp.isfile(ann_file):
-        _fail('annotation file not found', [ann_file], 'Check data_root/ann_file (or run tools/make_toy_data.py '
+        _fail('annotation file not found', [ann_file], 'Check data_root/ann_file (or run tools/misc/make_toy_data.py '
               'for the toy set).')
     try:
         with open(ann_file) as f:

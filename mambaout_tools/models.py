@@ -1,4 +1,4 @@
-"""Config -> model -> synthetic inputs: the one helper that ``tools/get_flops.py``, ``tools/benchmark.py`` and
+"""Config -> model -> synthetic inputs: the one helper that ``tools/analysis_tools/get_flops.py``, ``tools/analysis_tools/benchmark.py`` and
 the tests share, on mmengine's and mmdet's/mmseg's own APIs.
 
 A config's ``default_scope`` says which library builds it; importing the config imports its plugin

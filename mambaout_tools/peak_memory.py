@@ -1,4 +1,4 @@
-"""Peak memory of a code region above the memory in use when it starts (``tools/benchmark.py``).
+"""Peak memory of a code region above the memory in use when it starts (``tools/analysis_tools/benchmark.py``).
 
 CUDA: ``torch.cuda.max_memory_allocated``. CPU: the peak resident set size from ``/proc/self/status``
 (VmHWM, reset through ``/proc/self/clear_refs``), else psutil's RSS sampled every millisecond.

@@ -1,4 +1,4 @@
-"""Run a tool quietly: its full output goes to a log file, the terminal shows one progress line (tools/demo.py).
+"""Run a tool quietly: its full output goes to a log file, the terminal shows one progress line (tools/misc/demo.py).
 
 The line is drawn from mmengine's own log lines as the tool writes them, so the tools stay unchanged and a
 user who types the same command sees mmengine's usual output::

@@ -1,4 +1,4 @@
-"""The bytes autograd keeps for backward during one training forward (``tools/benchmark.py --saved-activations``).
+"""The bytes autograd keeps for backward during one training forward (``tools/analysis_tools/benchmark.py --saved-activations``).
 
 Every tensor that autograd saves is seen through ``torch.autograd.graph.saved_tensors_hooks``; each storage is
 counted once (views and tensors saved by several ops share one), and the module's parameters and buffers, and

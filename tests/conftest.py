@@ -20,7 +20,7 @@ os.environ.update(HF_HUB_OFFLINE='1', HF_HOME=os.path.join(_CACHES, 'huggingface
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-# an untrained detector/segmentor checkpoint (random init, class names in its meta), shared with tools/demo.py
+# an untrained detector/segmentor checkpoint (random init, class names in its meta), shared with tools/misc/demo.py
 from mambaout_tools.models import save_untrained_checkpoint as untrained_checkpoint  # noqa: E402,F401
 
 # Official release layout <- timm layout (the inverse of timm's checkpoint_filter_fn).

@@ -1,4 +1,4 @@
-"""tools/benchmark.py end to end on CPU at small shapes, and its errors (the GatedCNNBlock path it measures is
+"""tools/analysis_tools/benchmark.py end to end on CPU at small shapes, and its errors (the GatedCNNBlock path it measures is
 tested in test_gated_cnn_kernel.py)."""
 import math
 import os
@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from tools import benchmark
+from tools.analysis_tools import benchmark
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -103,7 +103,7 @@ def test_default_shapes():
 
 
 def test_bad_config_path_exits_nonzero_and_names_it():
-    proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'benchmark.py'), 'configs/nope.py'],
+    proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'analysis_tools', 'benchmark.py'), 'configs/nope.py'],
                           capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
     assert proc.returncode != 0
     assert 'config file not found: configs/nope.py' in proc.stderr

@@ -168,7 +168,7 @@ def test_checkpoint_cannot_run_code(tmp_path, monkeypatch):
 
 def test_convert_checkpoint_tool(femto_states, tmp_path):
     torch.save({'model': femto_states[1]}, tmp_path / 'mambaout_femto.pth')
-    result = subprocess.run([sys.executable, 'tools/convert_checkpoint.py', str(tmp_path / 'mambaout_femto.pth'),
+    result = subprocess.run([sys.executable, 'tools/model_converters/convert_checkpoint.py', str(tmp_path / 'mambaout_femto.pth'),
                              str(tmp_path / 'converted.pth'), '--arch', 'femto'],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -8,7 +8,7 @@ import torch
 from mmengine.config import Config
 
 from mambaout_tools.models import build_model, load_config, num_classes_of, synthetic_batch
-from tools.results_table import MAMBAOUT_COMPLEXITY
+from tools.analysis_tools.results_table import MAMBAOUT_COMPLEXITY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, 'configs', '**', '*.py'), recursive=True)
@@ -45,7 +45,7 @@ def test_config_builds_and_computes_a_loss(path):
         stage.sampler.num = 64
     model = build_model(cfg)  # random weights: nothing is downloaded in tests
     listed = MAMBAOUT_COMPLEXITY.get(os.path.splitext(os.path.basename(path))[0])
-    if listed is not None:  # the params that tools/results_table.py and the README list
+    if listed is not None:  # the params that tools/analysis_tools/results_table.py and the README list
         assert abs(sum(p.numel() for p in model.parameters()) / 1e6 - listed[0]) < 0.05
     model.init_weights()
     model.train()

@@ -13,7 +13,7 @@ import mmcv
 import pytest
 import torch
 
-from tools.make_toy_data import make_toy_data
+from tools.misc.make_toy_data import make_toy_data
 
 pytestmark = pytest.mark.slow  # two trainings and tests of the paper models, at 64-128 px
 
@@ -85,7 +85,7 @@ def test_guide_quick_try_trains_tests_and_draws_with_custom_classes(tmp_path):
     edit_template('upernet_mambaout_t_custom.py', tmp_path / 'configs' / 'custom' / 'my_seg.py',
                   data_root='data/my_seg/', classes=CLASSES, reduce_zero_label=True, fp16=False)
     commands = guide_section(5)
-    assert [shlex.split(c)[1] for c in commands] == ['tools/train.py', 'tools/test.py', 'tools/image_demo.py'] * 2
+    assert [shlex.split(c)[1] for c in commands] == ['tools/train.py', 'tools/test.py', 'tools/misc/image_demo.py'] * 2
     outputs = [run_guide_command(command, tmp_path) for command in commands]
 
     det, seg = tmp_path / 'work_dirs' / 'my_det_try', tmp_path / 'work_dirs' / 'my_seg_try'

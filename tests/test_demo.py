@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from mambaout_tools.progress import ProgressLine, StepFailed, quiet_warnings_env, run_step
-from tools import demo, plot_curves
+from tools.analysis_tools import plot_curves
+from tools.misc import demo
 
 TRAIN_LINE = ('11/25 22:35:24 - mmengine - INFO - Epoch(train)  [3][10/24]  base_lr: 1.0e-03 lr: 1.0e-03  '
               'eta: 0:01:05  time: 0.5304  data_time: 0.0122  loss: 1.2917  loss_rpn_cls: 0.2040')

@@ -1,4 +1,4 @@
-"""tools/export_onnx.py: the toy segmentor end to end, a detector's backbone + neck and a backbone exported to
+"""tools/deployment/export_onnx.py: the toy segmentor end to end, a detector's backbone + neck and a backbone exported to
 ONNX, ONNX Runtime within 1e-4 of PyTorch at the export size and at other sizes with the same file, the
 checkpoint's weights in the file, the README's onnxruntime lines, and the errors (bad arguments: exit 2; a
 difference above --atol: exit 1).
@@ -17,9 +17,8 @@ import torch
 import torch.nn.functional as F
 from conftest import untrained_checkpoint
 
-from mambaout_tools import onnx_export
 from mambaout_tools.models import build_model, load_config
-from tools import export_onnx
+from tools.deployment import export_onnx
 
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -30,7 +29,7 @@ FAST = ['--exporter', 'torchscript', '--runs', '1']
 
 
 def ort_outputs(path, inputs):
-    return onnx_export.run_onnxruntime(onnx_export.onnxruntime_session(str(path)), inputs)
+    return export_onnx.run_onnxruntime(export_onnx.onnxruntime_session(str(path)), inputs)
 
 
 def assert_close(onnx_outputs, torch_outputs):
@@ -46,14 +45,14 @@ def test_adaptive_avg_pool_as_matmul_is_adaptive_avg_pool(size):
     divide included."""
     x = torch.randn(2, 5, *size, generator=torch.Generator().manual_seed(0))
     for bins in (1, 2, 3, 6):
-        pooled = onnx_export.AdaptiveAvgPool2dAsMatmul((bins, bins))(x)
+        pooled = export_onnx.AdaptiveAvgPool2dAsMatmul((bins, bins))(x)
         torch.testing.assert_close(pooled, F.adaptive_avg_pool2d(x, bins), rtol=1e-5, atol=1e-6)
 
 
 def test_replace_adaptive_avg_pools_leaves_global_pooling():
     model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(3)),
                                 torch.nn.AdaptiveAvgPool2d((2, 6)))
-    assert onnx_export.replace_adaptive_avg_pools(model) == 2
+    assert export_onnx.replace_adaptive_avg_pools(model) == 2
     assert isinstance(model[0], torch.nn.AdaptiveAvgPool2d)
     assert model[1][0].output_size == (3, 3) and model[2].output_size == (2, 6)
 
@@ -89,7 +88,7 @@ def test_backbone_only_holds_the_checkpoint(tmp_path, capsys):
     result = export_onnx.main([TOY_DET, '--checkpoint', checkpoint, '--out', str(out), '--shape', '64', '64',
                                '--backbone-only', '--opset', '17', *FAST])
     assert result['output_names'] == ['stage0', 'stage1', 'stage2', 'stage3']
-    assert onnx_export.file_opset(str(out)) == 17
+    assert export_onnx.file_opset(str(out)) == 17
     assert max(result['differences'].values()) <= ATOL
 
     # Another size and batch, against the checkpoint's backbone built here: the file has its weights.
@@ -116,14 +115,14 @@ def test_detector_backbone_and_neck(tmp_path, capsys):
 
 def test_difference_above_atol_exits_1(tmp_path, monkeypatch, capsys):
     """The file and PyTorch disagree when the model changes after the export: the tool must say so."""
-    export = onnx_export.export_onnx
+    export = export_onnx.export_onnx
 
     def export_then_change(module, *args, **kwargs):
         export(module, *args, **kwargs)
         with torch.no_grad():
             module.model.backbone.norm3.bias.add_(1e-2)
 
-    monkeypatch.setattr(onnx_export, 'export_onnx', export_then_change)
+    monkeypatch.setattr(export_onnx, 'export_onnx', export_then_change)
     with pytest.raises(SystemExit) as excinfo:
         export_onnx.main([TOY_DET, '--out', str(tmp_path / 'b.onnx'), '--shape', '32', '32', '--backbone-only',
                           *FAST])
@@ -166,7 +165,7 @@ def test_tool_with_default_exporter(config, outputs, tmp_path):
     """As users run it: a process, torch's default (dynamo) exporter; the file then runs at a third size."""
     out = tmp_path / 'model.onnx'
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
-    run = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'export_onnx.py'), config, '--out', str(out),
+    run = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'deployment', 'export_onnx.py'), config, '--out', str(out),
                           '--shape', '64', '64', '--runs', '1'], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -189,11 +188,11 @@ def test_graph_that_kept_the_example_size_is_one_error(tmp_path):
             return x.reshape(int(x.shape[0]), int(x.shape[1] * x.shape[2] * x.shape[3]))
 
     path = str(tmp_path / 'flatten.onnx')
-    onnx_export.export_onnx(Flatten(), torch.randn(1, 3, 32, 32), path, ['flat'], exporter='torchscript')
-    session = onnx_export.onnxruntime_session(path)
-    assert onnx_export.max_abs_differences(Flatten(), session, torch.randn(1, 3, 32, 32), ['flat']) == {'flat': 0.}
+    export_onnx.export_onnx(Flatten(), torch.randn(1, 3, 32, 32), path, ['flat'], exporter='torchscript')
+    session = export_onnx.onnxruntime_session(path)
+    assert export_onnx.max_abs_differences(Flatten(), session, torch.randn(1, 3, 32, 32), ['flat']) == {'flat': 0.}
     with pytest.raises(RuntimeError, match=r'ONNX Runtime fails on an input of shape \(1, 3, 64, 32\): .*Reshape'):
-        onnx_export.max_abs_differences(Flatten(), session, torch.randn(1, 3, 64, 32), ['flat'])
+        export_onnx.max_abs_differences(Flatten(), session, torch.randn(1, 3, 64, 32), ['flat'])
 
 
 def readme_onnxruntime_snippet():

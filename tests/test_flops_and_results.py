@@ -1,4 +1,4 @@
-"""tools/get_flops.py on paper configs (small input) and tools/results_table.py on work dirs made here by
+"""tools/analysis_tools/get_flops.py on paper configs (small input) and tools/analysis_tools/results_table.py on work dirs made here by
 tools/test.py (toy data, randomly initialised toy checkpoints), plus its parsing and error paths.
 
 The slow parts are subprocesses started once per module, two at a time (one thread each, 2 CPU cores).
@@ -14,8 +14,8 @@ import pytest
 
 from conftest import untrained_checkpoint
 from mambaout_tools.models import build_model, load_config
-from tools import results_table
-from tools.make_toy_data import make_toy_data
+from tools.analysis_tools import results_table
+from tools.misc.make_toy_data import make_toy_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, 'tools')
@@ -50,7 +50,7 @@ def jobs(tmp_path_factory):
     root = tmp_path_factory.mktemp('flops_results')
     data = make_toy_data(str(root / 'data' / 'toy'), num_train=1, num_val=4)
     pool = ThreadPoolExecutor(max_workers=2)
-    futures = {'flops_det': pool.submit(_run, [os.path.join(TOOLS, 'get_flops.py'), DET_CONFIG, '--shape', *SHAPE])}
+    futures = {'flops_det': pool.submit(_run, [os.path.join(TOOLS, 'analysis_tools', 'get_flops.py'), DET_CONFIG, '--shape', *SHAPE])}
     det_ckpt, seg_ckpt = str(root / 'det.pth'), str(root / 'seg.pth')
     untrained_checkpoint(TOY_DET, det_ckpt)
     untrained_checkpoint(TOY_SEG, seg_ckpt)
@@ -68,9 +68,9 @@ def jobs(tmp_path_factory):
     futures['test_seg'] = pool.submit(_run, [test, TOY_SEG, seg_ckpt, '--work-dir', seg_wd, *seg_opts], str(root))
     futures['test_seg_tta'] = pool.submit(
         _run, [test, TOY_SEG, seg_ckpt, '--work-dir', seg_wd, '--tta', *seg_opts], str(root))
-    futures['flops_seg'] = pool.submit(_run, [os.path.join(TOOLS, 'get_flops.py'), SEG_CONFIG, '--shape', *SHAPE])
+    futures['flops_seg'] = pool.submit(_run, [os.path.join(TOOLS, 'analysis_tools', 'get_flops.py'), SEG_CONFIG, '--shape', *SHAPE])
     futures['flops_cascade'] = pool.submit(
-        _run, [os.path.join(TOOLS, 'get_flops.py'), CASCADE_CONFIG, '--shape', *SHAPE])
+        _run, [os.path.join(TOOLS, 'analysis_tools', 'get_flops.py'), CASCADE_CONFIG, '--shape', *SHAPE])
     yield dict(futures=futures, det_wd=det_wd, seg_wd=seg_wd, root=root)
     pool.shutdown(wait=True, cancel_futures=True)
 
@@ -135,7 +135,7 @@ def test_get_flops_cascade_mask_heads_on_100_proposals_as_published(jobs):
 
 
 def test_get_flops_rejects_a_missing_config(tmp_path):
-    proc = _run([os.path.join(TOOLS, 'get_flops.py'), str(tmp_path / 'nope.py')])
+    proc = _run([os.path.join(TOOLS, 'analysis_tools', 'get_flops.py'), str(tmp_path / 'nope.py')])
     assert proc.returncode != 0 and 'config file not found' in proc.stderr
 
 
@@ -162,7 +162,7 @@ def test_results_table_on_work_dirs_of_tools_test(jobs):
     seg = _read_metrics(os.path.join(jobs['seg_wd'], 'test_metrics.json'))
     seg_tta = _read_metrics(os.path.join(jobs['seg_wd'], 'test_metrics_tta.json'))
 
-    proc = _check(_run([os.path.join(TOOLS, 'results_table.py'), jobs['det_wd'], jobs['seg_wd']]))
+    proc = _check(_run([os.path.join(TOOLS, 'analysis_tools', 'results_table.py'), jobs['det_wd'], jobs['seg_wd']]))
     rows = _rows(proc.stdout)
     assert set(rows) == {'mask_rcnn_mambaout_toy', 'upernet_mambaout_toy'}, proc.stdout
     d = rows['mask_rcnn_mambaout_toy']
@@ -173,7 +173,7 @@ def test_results_table_on_work_dirs_of_tools_test(jobs):
     assert s[1:7] == [''] * 6
     assert s[7:] == [f'{seg["mIoU"]:.2f}', '-', '', f'{seg_tta["mIoU"]:.2f}', '-', '']
 
-    md = _check(_run([os.path.join(TOOLS, 'results_table.py'), jobs['det_wd'], jobs['seg_wd'], '--format',
+    md = _check(_run([os.path.join(TOOLS, 'analysis_tools', 'results_table.py'), jobs['det_wd'], jobs['seg_wd'], '--format',
                       'markdown'])).stdout.splitlines()
     assert md[0].startswith('| config | APb | paper | diff | APm |') and md[1].startswith('|---|')
     assert any(line.startswith('| upernet_mambaout_toy |') and f'| {seg_tta["mIoU"]:.2f} |' in line for line in md)
@@ -212,13 +212,13 @@ def test_results_table_paper_numbers_diff_and_fallback(tmp_path, capsys):
 def test_results_table_errors_name_the_files_looked_for(tmp_path):
     empty = tmp_path / 'empty'
     empty.mkdir()
-    proc = _run([os.path.join(TOOLS, 'results_table.py'), str(empty)])
+    proc = _run([os.path.join(TOOLS, 'analysis_tools', 'results_table.py'), str(empty)])
     assert proc.returncode != 0
     for name in ('test_metrics.json', 'test_metrics_tta.json', 'scalars.json'):
         assert name in proc.stderr, proc.stderr
     assert str(empty) in proc.stderr
 
-    proc = _run([os.path.join(TOOLS, 'results_table.py'), str(tmp_path / 'missing')])
+    proc = _run([os.path.join(TOOLS, 'analysis_tools', 'results_table.py'), str(tmp_path / 'missing')])
     assert proc.returncode != 0 and 'does not exist' in proc.stderr and 'missing' in proc.stderr
 
 

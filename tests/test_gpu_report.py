@@ -1,4 +1,4 @@
-"""The GPU report works before a GPU is there: ``tools/gpu_report.sh --dry-run`` runs every step on CPU at tiny
+"""The GPU report works before a GPU is there: ``tools/maintainers/gpu_report.sh --dry-run`` runs every step on CPU at tiny
 sizes into a complete report; a failing step is recorded and makes the exit status non-zero; targets are judged
 from benchmark.py's ratio lines; the Runner check reports non-finite losses and a collapsed loss scale."""
 import math
@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-from mambaout_tools.gpu_report import Step, build_steps, parse_ratios, run_report, target_rows
-from mambaout_tools.runner_check import RunnerCheckResult, run_check
-from tools import runner_check
+from tools.maintainers.gpu_report import Step, build_steps, parse_ratios, run_report, target_rows
+from tools.maintainers import runner_check
+from tools.maintainers.runner_check import RunnerCheckResult, run_check
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, 'tools', 'gpu_report.sh')
+SCRIPT = os.path.join(ROOT, 'tools', 'maintainers', 'gpu_report.sh')
 TOY_SEG = os.path.join(ROOT, 'configs', 'toy', 'upernet_mambaout_toy.py')
 TOY_DET = os.path.join(ROOT, 'configs', 'toy', 'mask_rcnn_mambaout_toy.py')
 NUMBER = r'[0-9]+\.[0-9]+'
@@ -42,7 +42,7 @@ def test_dry_run_writes_every_section_with_numbers(tmp_path):
         assert step.command() in section
         assert re.search(r'^ok, \d+ s\.', section, re.MULTILINE), section[:2000]
         assert (tmp_path / 'logs' / f'{step.name}.log').is_file()
-        if step.argv[0] == 'tools/benchmark.py':  # three variants measured, ratios printed
+        if step.argv[0] == 'tools/analysis_tools/benchmark.py':  # three variants measured, ratios printed
             for variant in ('MambaOut-tiny (ours)', 'timm mambaout_tiny wrapper', 'ConvNeXt (convnext_tiny)'):
                 assert re.search(rf'\| {re.escape(variant)} *\| {NUMBER} *\| {NUMBER}', section), variant
             ratios = parse_ratios(section)
@@ -79,7 +79,7 @@ def test_failing_step_is_recorded_and_the_exit_status_is_nonzero(tmp_path, capsy
 
 
 def test_unknown_step_name_is_refused():
-    result = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'gpu_report.py'), '--steps',
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'maintainers', 'gpu_report.py'), '--steps',
                              'backbone,nope', 'out'], cwd=ROOT, capture_output=True, text=True,
                             env=dict(os.environ, PYTHONPATH=ROOT))
     assert result.returncode == 2

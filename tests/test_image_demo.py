@@ -1,4 +1,4 @@
-"""tools/image_demo.py as tools/demo.py runs it: a detector's and a segmentor's prediction drawn on a toy image,
+"""tools/misc/image_demo.py as tools/misc/demo.py runs it: a detector's and a segmentor's prediction drawn on a toy image,
 with a legend of the predicted classes in their colours, from untrained checkpoints made here (no training), and
 beside the ground truth at a readable size (--gt, --long-side);
 also from a checkpoint in the format written before the plugins' weights-only hook, and one clear error for a
@@ -15,7 +15,7 @@ from conftest import untrained_checkpoint
 from mmengine.config import Config
 from mmengine.logging import HistoryBuffer
 
-from tools.make_toy_data import make_toy_data
+from tools.misc.make_toy_data import make_toy_data
 
 pytestmark = pytest.mark.slow  # mmdet/mmseg inferencers on toy checkpoints
 
@@ -38,7 +38,7 @@ def toy_dir(tmp_path_factory):
 
 def image_demo(cwd, config, checkpoint, out, *options):
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
-    return subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'image_demo.py'), IMAGES[config], config,
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'misc', 'image_demo.py'), IMAGES[config], config,
                            str(checkpoint), '--out', str(out), '--device', 'cpu', *options],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
@@ -99,7 +99,7 @@ def ground_truth_classes(config, toy_dir):
 
 @pytest.mark.parametrize('config', [DET, SEG], ids=['detector', 'segmentor'])
 def test_ground_truth_drawn_beside_the_prediction_at_readable_size(toy_dir, config):
-    from tools.image_demo import LEGEND_ROW, MARGIN
+    from tools.misc.image_demo import LEGEND_ROW, MARGIN
     checkpoint = untrained_checkpoint(config, toy_dir / f'{os.path.basename(config)[:-3]}_gt.pth')
     out = toy_dir / 'pictures' / f'{os.path.basename(config)[:-3]}_gt.png'
     result = image_demo(toy_dir, config, checkpoint, out, '--gt', str(toy_dir / GROUND_TRUTH[config]))
@@ -147,7 +147,7 @@ def test_upscale_gives_an_empty_prediction_the_pictures_size(empty_masks):
     from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
 
-    from tools.image_demo import upscale
+    from tools.misc.image_demo import upscale
     sample = DetDataSample(pred_instances=InstanceData(bboxes=torch.zeros(0, 4), labels=torch.zeros(0).long(),
                                                        scores=torch.zeros(0), masks=empty_masks))
     assert upscale(sample, 3, (48, 72)).pred_instances.masks.shape == (0, 48, 72)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tools.make_toy_data import make_toy_data
+from tools.misc.make_toy_data import make_toy_data
 
 pytestmark = pytest.mark.slow  # trainings and 2-process launches
 

@@ -75,11 +75,11 @@ GOOD = dict(torch='2.14.1', mmcv='2.1.0', mmdet='3.3.0', mmsegmentation='1.2.2')
 
 
 @pytest.mark.parametrize('versions, import_error, match', [
-    (dict(GOOD, mmcv=None), None, r'mmdet needs mmcv with its compiled ops, and mmcv is not installed\. Fix: bash tools/install.sh'),
+    (dict(GOOD, mmcv=None), None, r'mmdet needs mmcv with its compiled ops, and mmcv is not installed\. Fix: bash tools/install/install.sh'),
     (dict(GOOD, mmcv=None, mmcv_lite='2.1.0'), None, r'mmcv-lite is, but it has no compiled ops'),
     (dict(GOOD, mmcv='2.2.0'), None, r'mmcv 2\.2\.0 is installed, but mmdet 3\.3\.0 accepts only mmcv>=2\.0\.0rc4,<2\.2\.0\. Fix: pip uninstall -y mmcv'),
     (dict(GOOD, mmcv='1.7.2'), None, r'mmcv 1\.7\.2 is installed'),
-    (GOOD, "No module named 'mmcv._ext'", r'mmcv 2\.1\.0 was installed without its compiled ops.*Fix: pip uninstall -y mmcv && bash tools/install.sh'),
+    (GOOD, "No module named 'mmcv._ext'", r'mmcv 2\.1\.0 was installed without its compiled ops.*Fix: pip uninstall -y mmcv && bash tools/install/install.sh'),
     (GOOD, '_ext.cpython-311-x86_64-linux-gnu.so: undefined symbol: _ZN3c104cuda9SetDevice',
      r"built against another torch than the installed torch 2\.14\.1 \(.*undefined symbol"),
     (dict(GOOD, mmdet=None), None, r'mmdet is not installed\. Fix:'),
@@ -116,4 +116,4 @@ def test_plugin_import_on_mmcv_without_ops_says_what_to_do():
     assert result.returncode != 0
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith('backbones.stack.OpenMMLabStackError: mmcv 2.1.0 was installed without its compiled ops')
-    assert 'tools/install.sh' in last_line
+    assert 'tools/install/install.sh' in last_line

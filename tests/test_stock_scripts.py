@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from backbones.training_checkpoint import LOG_SCALARS_KEY, restore_runner_state
-from tools.make_toy_data import make_toy_data
+from tools.misc.make_toy_data import make_toy_data
 
 pytestmark = pytest.mark.slow  # trainings through mmdet's/mmseg's installed scripts
 

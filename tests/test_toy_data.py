@@ -1,4 +1,4 @@
-"""Tests of tools/make_toy_data.py (the embedded synthetic toy dataset)."""
+"""Tests of tools/misc/make_toy_data.py (the embedded synthetic toy dataset)."""
 import contextlib
 import filecmp
 import io
@@ -17,10 +17,10 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from tools import make_toy_data as toy
+from tools.misc import make_toy_data as toy
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / 'tools' / 'make_toy_data.py'
+SCRIPT = ROOT / 'tools' / 'misc' / 'make_toy_data.py'
 TOY_DET = ROOT / 'configs' / 'toy' / 'mask_rcnn_mambaout_toy.py'
 TOY_SEG = ROOT / 'configs' / 'toy' / 'upernet_mambaout_toy.py'
 

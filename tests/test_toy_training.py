@@ -10,7 +10,7 @@ import sys
 import pytest
 from conftest import untrained_checkpoint
 
-from tools.make_toy_data import make_toy_data
+from tools.misc.make_toy_data import make_toy_data
 
 pytestmark = pytest.mark.slow  # end-to-end trainings
 

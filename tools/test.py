@@ -4,7 +4,7 @@
     tools/dist_test.sh configs/upernet_mambaout_t_160k_ade20k_512.py CKPT 4 --tta   # multi-scale + flip
 
 The metrics are also written to WORK_DIR/test_metrics.json (test_metrics_tta.json with --tta), which
-tools/results_table.py reads. See mambaout_tools/launch.py for why this script is ours and not mmdet's/mmseg's.
+tools/analysis_tools/results_table.py reads. See mambaout_tools/launch.py for why this script is ours and not mmdet's/mmseg's.
 """
 import argparse
 import json

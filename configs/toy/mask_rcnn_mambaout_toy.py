@@ -1,5 +1,5 @@
 # The paper's Mask R-CNN recipe (configs/mask_rcnn_mambaout_t_1x.py) shrunk to the embedded toy dataset
-# (tools/make_toy_data.py) so that it trains and evaluates on a laptop CPU in minutes. Only what must
+# (tools/misc/make_toy_data.py) so that it trains and evaluates on a laptop CPU in minutes. Only what must
 # shrink does: image scale (128 px), schedule, the backbone size (femto, from scratch: nothing is
 # downloaded) and the head widths and RoI counts (Mask R-CNN's heads dominate a CPU step), fp32
 # instead of FP16 (no AMP on CPU), the lr for the small batch and short schedule, and data-loader workers.

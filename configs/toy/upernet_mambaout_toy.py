@@ -1,5 +1,5 @@
 # The paper's UperNet recipe (configs/upernet_mambaout_t_160k_ade20k_512.py) shrunk to the embedded toy
-# dataset (tools/make_toy_data.py) so that it trains and evaluates on a laptop CPU in minutes. Only what
+# dataset (tools/misc/make_toy_data.py) so that it trains and evaluates on a laptop CPU in minutes. Only what
 # must shrink does: crop and image scale (128 px), iterations, the backbone size (femto, from scratch:
 # nothing is downloaded) and head widths, fp32 instead of FP16 (no AMP on CPU), plain BN instead of
 # SyncBN (CPU), the lr for the short schedule, and data-loader workers. The multi-scale + flip TTA of

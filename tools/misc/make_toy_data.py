@@ -55,7 +55,7 @@ at 1; category ids are 1..N.
 
 Usage::
 
-    python tools/make_toy_data.py [--out data/toy] [--seed 0] [--num-train 96]
+    python tools/misc/make_toy_data.py [--out data/toy] [--seed 0] [--num-train 96]
                                   [--num-val 32] [--size 128] [--force]
 
 or ``from make_toy_data import make_toy_data; paths = make_toy_data('data/toy')``.
@@ -85,7 +85,7 @@ __all__ = ['CLASSES', 'PALETTE', 'METAINFO_FILE', 'DEFAULT_OUT', 'make_toy_data'
 
 # The shapes this generator can draw, and the hue each is mostly painted in (red-, green-, blue-ish).
 CLASS_HUES = {'square': 0.0, 'circle': 0.33, 'triangle': 0.62}
-METAINFO_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+METAINFO_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                              'configs', 'toy', '_base_', 'toy_metainfo.py')
 
 
@@ -325,7 +325,7 @@ def _write_coco_split(out_dir: str, seed: int, split_idx: int, split: str, n: in
             annotations.append(_coco_annotation(obj, len(annotations) + 1, image_id))
     coco = dict(
         info=dict(description=f'MambaOut toy shapes ({split})', version=str(GENERATOR_VERSION),
-                  year=2024, contributor='tools/make_toy_data.py', date_created=''),
+                  year=2024, contributor='tools/misc/make_toy_data.py', date_created=''),
         licenses=[],
         images=images,
         annotations=annotations,
@@ -390,7 +390,7 @@ def _own_files(paths: Dict[str, str]) -> List[str]:
 
 
 def _meta(seed: int, num_train: int, num_val: int, size: int) -> dict:
-    return dict(generator='tools/make_toy_data.py', version=GENERATOR_VERSION, seed=seed,
+    return dict(generator='tools/misc/make_toy_data.py', version=GENERATOR_VERSION, seed=seed,
                 num_train=num_train, num_val=num_val, size=size,
                 classes=list(CLASSES))
 

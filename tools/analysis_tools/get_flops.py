@@ -1,8 +1,8 @@
 """Parameters and FLOPs of a MambaOut detector or segmentor, from any mmdet or mmseg config.
 
-    python tools/get_flops.py configs/mask_rcnn_mambaout_t_1x.py              # 1280x800: H=800, W=1280
-    python tools/get_flops.py configs/upernet_mambaout_t_160k_ade20k_512.py   # 2048x512: H=512, W=2048
-    python tools/get_flops.py CONFIG --shape 256 256 [--cfg-options model.backbone.arch=small] [--verbose]
+    python tools/analysis_tools/get_flops.py configs/mask_rcnn_mambaout_t_1x.py              # 1280x800: H=800, W=1280
+    python tools/analysis_tools/get_flops.py configs/upernet_mambaout_t_160k_ade20k_512.py   # 2048x512: H=512, W=2048
+    python tools/analysis_tools/get_flops.py CONFIG --shape 256 256 [--cfg-options model.backbone.arch=small] [--verbose]
 
 Prints the parameters of the whole model as built (every ``model.parameters()``, the auxiliary head of
 a segmentor included) and of the backbone alone, in M (1e6), and the FLOPs of one image in G (1e9), in

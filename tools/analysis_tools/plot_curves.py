@@ -1,6 +1,6 @@
 """Plot the training curves of mmengine runs: the loss and the validation metrics against the iteration.
 
-    python tools/plot_curves.py work_dirs/mask_rcnn_mambaout_t_1x work_dirs/upernet_mambaout_t_160k_ade20k_512 \
+    python tools/analysis_tools/plot_curves.py work_dirs/mask_rcnn_mambaout_t_1x work_dirs/upernet_mambaout_t_160k_ade20k_512 \
         --out curves.png [--metrics bbox_mAP segm_mAP mIoU]
 
 One column per work dir: the training loss on top, the validation metrics below, both against the training
@@ -9,7 +9,7 @@ iteration. They are read from what mmengine's Runner writes during tools/train.p
 that has training records). An epoch-based run validates per epoch (its validation records' ``step`` is the
 epoch): such points are drawn at the last iteration of that epoch. mmdet's ``analyze_logs.py`` and mmseg's
 plot one work dir's metric by epoch, without this mapping; this tool puts a detector and a segmentor side by
-side in one picture (tools/demo.py draws docs/demo_curves.png with it).
+side in one picture (tools/misc/demo.py draws docs/demo_curves.png with it).
 """
 import argparse
 import glob

@@ -2,28 +2,28 @@
 # One command for the first CUDA machine that comes along: install what is missing of the stack from a wheel
 # directory (no internet needed), then measure everything the GPU targets need into OUT_DIR/report.md.
 #
-#   tools/gpu_report.sh [--dry-run] [--wheels DIR] [--steps NAME,...] [OUT_DIR]   (default: work_dirs/gpu_report)
-#   tools/gpu_report.sh --download-wheels DIR [--python-version 3.12]             (on a machine with PyPI)
+#   tools/maintainers/gpu_report.sh [--dry-run] [--wheels DIR] [--steps NAME,...] [OUT_DIR]   (default: work_dirs/gpu_report)
+#   tools/maintainers/gpu_report.sh --download-wheels DIR [--python-version 3.12]             (on a machine with PyPI)
 #
 # The machine needs Python >= 3.10 with a CUDA torch (kept as it is: never reinstalled) and this repository.
 # The wheel directory holds what the stack needs beyond torch (pure-python wheels, pycocotools and shapely for
 # the target Python, the mmcv 2.1.0 sdist: about 12 MB): `--download-wheels DIR` fills it. Installing is
 # `pip install --no-index --no-deps --find-links DIR` of the missing packages into $PYTHON's environment
 # (default python3; point PYTHON at another interpreter to install elsewhere); mmcv comes from a matching
-# mmcv-2.1.0 wheel in DIR or is built there from the sdist with its CUDA ops (tools/mmcv_build.sh; about
+# mmcv-2.1.0 wheel in DIR or is built there from the sdist with its CUDA ops (tools/install/mmcv_build.sh; about
 # 4 minutes on 16 cores), the built wheel kept in DIR for the next run.
 #
-# The steps (tools/gpu_report.py, mambaout_tools/gpu_report.py) run tools/benchmark.py and tools/runner_check.py;
+# The steps (tools/maintainers/gpu_report.py) run tools/analysis_tools/benchmark.py and tools/maintainers/runner_check.py;
 # a failed step is recorded with its last lines and the next one runs; the exit status is non-zero if any failed.
 #
 # --dry-run: on CPU, at tiny sizes, installing nothing; the installation is decided as for a real run and what
 # would be done is printed. It shows that the script works before a GPU is there (tests/test_gpu_report.py).
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PY="${PYTHON:-python3}"
-# shellcheck source=tools/mmcv_build.sh
-source "$ROOT/tools/mmcv_build.sh"
+# shellcheck source=tools/install/mmcv_build.sh
+source "$ROOT/tools/install/mmcv_build.sh"
 
 # What the stack needs beyond torch and what a CUDA Python image has (numpy, scipy, matplotlib, opencv, pyyaml,
 # rich, regex, packaging, tqdm, six, huggingface_hub, safetensors): the OpenMMLab packages, timm, and their
@@ -51,7 +51,7 @@ while [ $# -gt 0 ]; do
     --wheels) [ $# -ge 2 ] || die "--wheels needs a directory"; wheels="$2"; shift ;;
     --download-wheels) [ $# -ge 2 ] || die "--download-wheels needs a directory"; download="$2"; shift ;;
     --python-version) [ $# -ge 2 ] || die "--python-version needs a version such as 3.12"; python_version="$2"; shift ;;
-    --steps) [ $# -ge 2 ] || die "--steps needs step names (see tools/gpu_report.py --help)"; steps="$2"; shift ;;
+    --steps) [ $# -ge 2 ] || die "--steps needs step names (see tools/maintainers/gpu_report.py --help)"; steps="$2"; shift ;;
     -h|--help) usage; exit 0 ;;
     -*) usage; die "unknown option $1" ;;
     *) [ -z "$out_dir" ] || die "one OUT_DIR only (got $out_dir and $1)"; out_dir="$1" ;;
@@ -111,7 +111,7 @@ do_or_say() {  # run "$@", or with --dry-run say what would run
 }
 need_wheels() {
   [ -n "$wheels" ] || die "$1: to install, but no wheel directory was given: pass --wheels DIR (made on a machine \
-with PyPI by: tools/gpu_report.sh --download-wheels DIR --python-version ${python_found%.*})"
+with PyPI by: tools/maintainers/gpu_report.sh --download-wheels DIR --python-version ${python_found%.*})"
 }
 
 # shellcheck disable=SC2207
@@ -184,7 +184,7 @@ else
 fi
 
 if [ "$would_install" = 1 ]; then
-  log "dry run: the stack is incomplete here and a dry run installs nothing; the steps need it (tools/install.sh)"
+  log "dry run: the stack is incomplete here and a dry run installs nothing; the steps need it (tools/install/install.sh)"
   exit 1
 fi
 if [ "$dry_run" = 0 ]; then
@@ -197,5 +197,5 @@ report_args=()
 [ "$dry_run" = 0 ] || report_args+=(--dry-run)
 [ -z "$steps" ] || report_args+=(--steps "$steps")
 cd "$ROOT"
-PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "$PY" tools/gpu_report.py "${report_args[@]}" \
+PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "$PY" tools/maintainers/gpu_report.py "${report_args[@]}" \
   --install-log "$INSTALL_LOG" "$out_dir"

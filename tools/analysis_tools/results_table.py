@@ -1,7 +1,7 @@
 """The metrics reached in work dirs beside the MambaOut paper's numbers, one row per config.
 
-    python tools/results_table.py work_dirs/mask_rcnn_mambaout_t_1x work_dirs/upernet_mambaout_t_160k_ade20k_512
-    python tools/results_table.py work_dirs/* --format markdown
+    python tools/analysis_tools/results_table.py work_dirs/mask_rcnn_mambaout_t_1x work_dirs/upernet_mambaout_t_160k_ade20k_512
+    python tools/analysis_tools/results_table.py work_dirs/* --format markdown
 
 Per work dir it reads what tools/test.py writes there: ``test_metrics.json`` (single-scale:
 ``coco/bbox_mAP`` and ``coco/segm_mAP`` in 0..1 for a detector, shown x100 as APb and APm; ``mIoU`` in
@@ -21,7 +21,7 @@ The MambaOut paper publishes no 3x or Cascade result, so the rows of configs/*_3
 paper columns; for them a second table follows: each such run beside the published results of Swin and
 ConvNeXt of the same size with the same recipe (params, FLOPs at 1280x800, box and mask AP on COCO
 val2017, and where each number comes from), the run's own params and FLOPs being what
-``tools/get_flops.py`` prints for its config.
+``tools/analysis_tools/get_flops.py`` prints for its config.
 """
 import argparse
 import glob
@@ -86,7 +86,7 @@ PEERS = {
               Published('ConvNeXt-B', 146, 964, 52.7, 45.6, 'convnext')],
     },
 }
-# What tools/get_flops.py prints for our configs (params M, FLOPs G at 1280x800); no AP is published.
+# What tools/analysis_tools/get_flops.py prints for our configs (params M, FLOPs G at 1280x800); no AP is published.
 MAMBAOUT_COMPLEXITY = {
     'mask_rcnn_mambaout_t_3x_ms': (43.1, 262.5),
     'mask_rcnn_mambaout_s_3x_ms': (65.1, 353.8),
@@ -273,7 +273,7 @@ def peer_rows(rows: dict):
         params, flops = MAMBAOUT_COMPLEXITY[config]
         reached = ['' if m not in values else _fmt(values[m][0]) + ('*' if values[m][1] else '') for m in DET]
         body.append([config, RECIPES[recipe], _cell(params, 1), _cell(flops, 1), *reached,
-                     'AP: this run; params, FLOPs: tools/get_flops.py'])
+                     'AP: this run; params, FLOPs: tools/analysis_tools/get_flops.py'])
         for peer in PEERS[recipe][size]:
             if peer.source not in cited:
                 cited.append(peer.source)

@@ -1,6 +1,6 @@
 """Speed and memory of a config's model (or of its backbone alone) on synthetic data.
 
-    python tools/benchmark.py CONFIG [--shape H W] [--batch-size N] [--amp] [--iters N] [--warmup N]
+    python tools/analysis_tools/benchmark.py CONFIG [--shape H W] [--batch-size N] [--amp] [--iters N] [--warmup N]
                               [--backbone-only] [--compare [--sequential]] [--device cpu|cuda] [--compile]
                               [--threads N] [--saved-activations]
 

@@ -1,7 +1,7 @@
 """Convert a MambaOut checkpoint (official release, timm, or an mmdet/mmseg model) to a plain backbone
 state dict in the layout this repository uses, once and offline.
 
-    python tools/convert_checkpoint.py mambaout_tiny.pth mambaout_tiny_backbone.pth [--arch tiny]
+    python tools/model_converters/convert_checkpoint.py mambaout_tiny.pth mambaout_tiny_backbone.pth [--arch tiny]
 
 The input is read with weights-only unpickling; with ``--arch`` the result is checked by loading it
 strictly into that variant. Loading through ``init_cfg=dict(type='Pretrained', checkpoint=...)`` does

@@ -4,18 +4,18 @@
 # Stack (DEVELOPERS.md): Python 3.11, torch 2.14.1 + torchvision 0.29.1, mmcv 2.1.0 with its compiled
 # ops, mmengine 0.10.7, mmdet 3.3.0, mmsegmentation 1.2.2, timm 1.0.x.  mmcv 2.1.0 ships only as an
 # sdist whose setup.py asks for -std=c++17 while torch 2.14's headers need C++20, so it is built here
-# with that one flag changed (tools/mmcv_build.sh) -- or taken from a prebuilt wheel in $MMCV_WHEEL_DIR
+# with that one flag changed (tools/install/mmcv_build.sh) -- or taken from a prebuilt wheel in $MMCV_WHEEL_DIR
 # (default ../shared/wheels).
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
 PYTHON_BIN="${PYTHON_BIN:-python3.11}"
 MMCV_WHEEL_DIR="${MMCV_WHEEL_DIR:-$ROOT/../shared/wheels}"
 MMCV_BUILD_DIR="${MMCV_BUILD_DIR:-$HOME/.cache/mambaout-mmcv}"   # built wheel is kept here and reused
 STAMP="$VENV/.mambaout-installed"
-# shellcheck source=tools/mmcv_build.sh
-source "$ROOT/tools/mmcv_build.sh"
+# shellcheck source=tools/install/mmcv_build.sh
+source "$ROOT/tools/install/mmcv_build.sh"
 
 log() { printf '[install] %s\n' "$*"; }
 
@@ -31,7 +31,7 @@ pip_install() {
 }
 
 # Everything that decides what gets installed; the stamp skips the whole script when none of it changed.
-want="$(cat "$ROOT/requirements.txt" "$ROOT/setup.py" "$ROOT/tools/install.sh" "$ROOT/tools/mmcv_build.sh" \
+want="$(cat "$ROOT/requirements.txt" "$ROOT/setup.py" "$ROOT/tools/install/install.sh" "$ROOT/tools/install/mmcv_build.sh" \
   | sha256sum | cut -c1-16)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$PY" -c 'import mmcv.ops, mmdet, mmseg, timm' 2>/dev/null; then
   exit 0

@@ -1,6 +1,6 @@
 """Predict on one image with a MambaOut detector or segmentor and save a picture of the result.
 
-    python tools/image_demo.py IMAGE CONFIG CHECKPOINT --out result.png [--gt ANNOTATION] [--score-thr 0.3]
+    python tools/misc/image_demo.py IMAGE CONFIG CHECKPOINT --out result.png [--gt ANNOTATION] [--score-thr 0.3]
                                [--long-side 512] [--device cpu]
 
 Works with any config of this repository (mmdet or mmseg, told apart by its default_scope) and any image.

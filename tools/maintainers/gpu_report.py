@@ -1,11 +1,17 @@
-"""The steps of the GPU report (``tools/gpu_report.sh``, ``tools/gpu_report.py``), how each one is run and
-recorded, and the markdown report with the targets of issue 14 judged from the measured ratios.
+"""The measuring half of ``tools/maintainers/gpu_report.sh``: runs the report's steps and writes OUT_DIR/report.md.
 
-Each step is a command of ``tools/benchmark.py`` or ``tools/runner_check.py``, run from the repository root
+    python tools/maintainers/gpu_report.py [--dry-run] [--steps NAME,...] [--install-log FILE] OUT_DIR
+
+Needs the stack installed (``gpu_report.sh`` installs it first, then calls this). Exits 1 when a step failed.
+Below: the steps, how each one is run and recorded, and the markdown report with the targets judged from the
+measured ratios.
+
+Each step is a command of ``tools/analysis_tools/benchmark.py`` or ``tools/maintainers/runner_check.py``, run from the repository root
 with this Python. Its output goes into the report under the exact command; a step that fails is recorded with
 its last lines and the next step runs, so that one failure does not waste a GPU session. The report is
 rewritten after every step: a session cut short still leaves what was measured.
 """
+import argparse
 import datetime
 import importlib.metadata as metadata
 import math
@@ -22,7 +28,8 @@ from typing import Dict, List, Optional
 
 import torch
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DET_CONFIG = 'configs/mask_rcnn_mambaout_t_1x.py'
 SEG_CONFIG = 'configs/upernet_mambaout_t_160k_ade20k_512.py'
 STEP_TIMEOUT_S = 1800  # a hung step must not eat the whole GPU session
@@ -32,7 +39,7 @@ PACKAGES = ('torch', 'torchvision', 'mmcv', 'mmengine', 'mmdet', 'mmsegmentation
 
 @dataclass(frozen=True)
 class Target:
-    """A target of issue 14 on a ratio that ``tools/benchmark.py --compare`` prints
+    """A target of issue 14 on a ratio that ``tools/analysis_tools/benchmark.py --compare`` prints
     (``ratio ours / OTHER: METRIC VALUE, ...``): ``VALUE <= bound`` (``< bound`` when ``strict``)."""
     text: str
     other: str  # 'timm wrapper' or 'ConvNeXt'
@@ -95,7 +102,7 @@ def build_steps(dry_run: bool) -> List[Step]:
     else:
         bench_tiny, runner_tiny = [], []
         det_shape, seg_shape, seg_batch = ['--shape', '800', '1344'], ['--shape', '512', '512'], '4'
-    bench = ['tools/benchmark.py']
+    bench = ['tools/analysis_tools/benchmark.py']
     fp16 = ['--compare', '--amp']
     steps = [
         Step('backbone', 'Backbone fwd+bwd, batch 2, FP16 AMP: ours vs timm eager vs ConvNeXt-T',
@@ -118,9 +125,9 @@ def build_steps(dry_run: bool) -> List[Step]:
              [Target('backbone saved activations <= 0.55x timm', 'timm wrapper', 'saved activations', 0.55),
               Target('backbone saved activations <= ConvNeXt-T', 'ConvNeXt', 'saved activations', 1.0)]),
         Step('runner-det', 'Mask R-CNN: real FP16 iterations through the Runner on synthetic full-size data',
-             ['tools/runner_check.py', DET_CONFIG, *(runner_tiny or ['--iters', '30'])]),
+             ['tools/maintainers/runner_check.py', DET_CONFIG, *(runner_tiny or ['--iters', '30'])]),
         Step('runner-seg', 'UperNet: real FP16 iterations through the Runner on synthetic full-size data',
-             ['tools/runner_check.py', SEG_CONFIG, *(runner_tiny or ['--iters', '30'])]),
+             ['tools/maintainers/runner_check.py', SEG_CONFIG, *(runner_tiny or ['--iters', '30'])]),
     ]
     if dry_run:
         for step in steps:
@@ -153,10 +160,10 @@ def select_steps(steps: List[Step], names: Optional[str]) -> List[Step]:
 
 def run_step(step: Step, out_dir: str, python: str = sys.executable) -> Step:
     """Run ``step`` from the repository root, its stdout kept for the report, stdout and stderr together in
-    ``OUT_DIR/logs/NAME.log``, and (for a run of tools/runner_check.py) its Runner logs under
+    ``OUT_DIR/logs/NAME.log``, and (for a run of tools/maintainers/runner_check.py) its Runner logs under
     ``OUT_DIR/runner_check/NAME``."""
     argv = list(step.argv)
-    if argv[0] == 'tools/runner_check.py' and '--work-dir' not in argv:
+    if argv[0] == 'tools/maintainers/runner_check.py' and '--work-dir' not in argv:
         argv += ['--work-dir', osp.join(out_dir, 'runner_check', step.name)]
     env = dict(os.environ, **step.env)
     env['PYTHONPATH'] = os.pathsep.join(filter(None, [ROOT, env.get('PYTHONPATH')]))
@@ -185,7 +192,7 @@ _RATIO_PART = re.compile(r'(?P<metric>[A-Za-z][A-Za-z +-]*?) (?P<value>nan|[0-9.
 
 def parse_ratios(output: str) -> Dict[str, Dict[str, float]]:
     """``{'timm wrapper': {'fwd+bwd': 0.71, 'peak memory': 0.5, ...}, 'ConvNeXt': {...}}`` from the
-    ``ratio ours / ...`` lines that ``tools/benchmark.py --compare`` prints."""
+    ``ratio ours / ...`` lines that ``tools/analysis_tools/benchmark.py --compare`` prints."""
     ratios = {}
     for line in _RATIO_LINE.finditer(output):
         parts = {match['metric'].strip(): float(match['value'])
@@ -210,7 +217,7 @@ def target_rows(steps: List[Step], dry_run: bool) -> List[List[str]]:
             else:
                 verdict_text = {True: 'PASS', False: 'FAIL', None: 'not measured'}[verdict]
             rows.append([target.text, f'{measured} ({step.name})', verdict_text])
-        if step.argv[0] == 'tools/runner_check.py':
+        if step.argv[0] == 'tools/maintainers/runner_check.py':
             verdict_text = ('not run' if step.returncode is None else
                             'PASS' if step.returncode == 0 else 'FAIL')
             rows.append([f'{step.name}: every loss finite, AMP loss scale >= 1', f'see {step.name}', verdict_text])
@@ -254,7 +261,7 @@ def render(steps: List[Step], dry_run: bool, install_log: str = '') -> str:
               + (f': {", ".join(step.name for step in failed)}' if failed else '') + '.', '']
     lines += ['## Targets (issue 14)', '', '| target | measured ratio (ours / other) | verdict |', '|---|---|---|']
     lines += [f'| {" | ".join(row)} |' for row in target_rows(steps, dry_run)]
-    lines += ['', 'Ratios from `ratio ours / ...` lines of tools/benchmark.py below (< 1: ours is faster / '
+    lines += ['', 'Ratios from `ratio ours / ...` lines of tools/analysis_tools/benchmark.py below (< 1: ours is faster / '
               'smaller).', '']
     if install_log:
         lines += ['## Set-up', '', '```', install_log.strip(), '```', '']
@@ -289,3 +296,34 @@ def run_report(steps: List[Step], out_dir: str, dry_run: bool, install_log: str 
     failed = [step.name for step in steps if step.failed]
     print(f'[gpu_report] report: {report}' + (f'; failed steps: {", ".join(failed)}' if failed else ''))
     return 1 if failed else 0
+
+
+PROG = 'py'
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('out_dir', help='where report.md, logs/ and the Runner logs go')
+    parser.add_argument('--dry-run', action='store_true', help='the same steps on CPU at tiny sizes')
+    parser.add_argument('--steps', help='comma-separated step names to run (default: all): ' +
+                        ', '.join(step.name for step in build_steps(dry_run=False)))
+    parser.add_argument('--install-log', help='what the installation did, for the report\'s set-up section')
+    args = parser.parse_args(argv)
+    try:
+        args.steps = select_steps(build_steps(args.dry_run), args.steps)
+    except ValueError as err:
+        parser.error(f'--steps: {err}')
+    if args.install_log and not osp.isfile(args.install_log):
+        parser.error(f'--install-log: no such file: {args.install_log}')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    install_log = open(args.install_log).read() if args.install_log else ''
+    return run_report(args.steps, args.out_dir, args.dry_run, install_log)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

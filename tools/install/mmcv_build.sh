@@ -1,5 +1,5 @@
-# Building mmcv 2.1.0 with its compiled ops from the sdist: what tools/install.sh and tools/gpu_report.sh share.
-# Sourced, not run:  source tools/mmcv_build.sh; build_mmcv_wheel PYTHON SDIST OUT_DIR [cuda]
+# Building mmcv 2.1.0 with its compiled ops from the sdist: what tools/install/install.sh and tools/maintainers/gpu_report.sh share.
+# Sourced, not run:  source tools/install/mmcv_build.sh; build_mmcv_wheel PYTHON SDIST OUT_DIR [cuda]
 #
 # mmcv 2.1.0 ships only as an sdist, and its setup.py asks for -std=c++17, while newer torch headers (2.14's)
 # need C++20. The flag is raised to what the torch that builds it asks for: torch's own extension builder

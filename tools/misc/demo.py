@@ -1,12 +1,12 @@
 """The embedded default run (`make demo`): the whole pipeline on a generated dataset, on a CPU, in minutes.
 
-1. generates the toy dataset under data/toy if it is not there (tools/make_toy_data.py);
+1. generates the toy dataset under data/toy if it is not there (tools/misc/make_toy_data.py);
 2. trains Mask R-CNN-MambaOut and UperNet-MambaOut on it (configs/toy/, which inherit the paper configs),
    validating three times along the way;
 3. evaluates them: COCO bbox/segm mAP, mIoU single-scale and multi-scale + flip (--tta);
 4. evaluates the same models untrained (random weights): the baseline that shows what training brought;
-5. draws predictions beside the ground truth on validation images (tools/image_demo.py), one overview
-   picture of them, and the training curves (tools/plot_curves.py) -- docs/demo_overview.png and
+5. draws predictions beside the ground truth on validation images (tools/misc/image_demo.py), one overview
+   picture of them, and the training curves (tools/analysis_tools/plot_curves.py) -- docs/demo_overview.png and
    docs/demo_curves.png, which the README shows;
 6. prints the metrics, trained beside untrained.
 
@@ -28,8 +28,8 @@ from PIL import Image
 
 from mambaout_tools.progress import ProgressLine, StepFailed, quiet_warnings_env, run_step, silence_known_warnings
 
-TOOLS = osp.dirname(osp.abspath(__file__))
-ROOT = osp.dirname(TOOLS)
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+TOOLS = osp.join(ROOT, 'tools')
 DET = osp.join('configs', 'toy', 'mask_rcnn_mambaout_toy.py')
 SEG = osp.join('configs', 'toy', 'upernet_mambaout_toy.py')
 DET_NAME, SEG_NAME = 'Mask R-CNN-MambaOut', 'UperNet-MambaOut'
@@ -51,7 +51,7 @@ class Story:
         print(f'\n[{self.step}/{self.total_steps}] {text}', flush=True)
 
     def run(self, tool, *args, log, progress=None):
-        """Run ``python tools/TOOL ARGS`` with its output in ``WORK_DIR/logs/LOG.log``; without ``progress``
+        """Run ``python tools/TOOL ARGS`` (TOOL relative to tools/) with its output in ``WORK_DIR/logs/LOG.log``; without ``progress``
         (a tool with no training or evaluation loop) show its last line when it is done."""
         command = [sys.executable, osp.join(TOOLS, tool), *args]
         print(f'  $ python {shlex.join([osp.join("tools", tool), *args])}', flush=True)
@@ -135,7 +135,7 @@ def main(argv=None):
     try:
         story.header(f'The dataset: coloured {", ".join(det_cfg.metainfo.classes)} on noisy backgrounds '
                      '(COCO instances + ADE20K-layout label maps)')
-        story.run('make_toy_data.py', '--out', TOY, log='make_toy_data')
+        story.run('misc/make_toy_data.py', '--out', TOY, log='make_toy_data')
 
         story.header(f'Train {DET_NAME} (femto backbone from scratch, {epochs} epochs, 128 px; validation '
                      f'every {epochs // 3} epochs)')
@@ -182,14 +182,14 @@ def main(argv=None):
                     (SEG, seg_ckpt, osp.join(TOY, 'ade', 'images', 'validation', image + '.jpg'),
                      osp.join(TOY, 'ade', 'annotations', 'validation', image + '.png'), 'seg', SEG_NAME)):
                 out = osp.join(pictures, f'{kind}_{image}.png')
-                story.run('image_demo.py', source, config, checkpoint, '--gt', truth, '--out', out,
+                story.run('misc/image_demo.py', source, config, checkpoint, '--gt', truth, '--out', out,
                           log=f'image_demo_{kind}_{image}')
                 drawn.append(in_repo(out))
                 titles.append(f'{model}: {image}')
 
         story.header('Training curves and the overview picture (shown in the README)')
         curves = osp.join(args.docs_dir, 'demo_curves.png')
-        story.run('plot_curves.py', det_dir, seg_dir, '--out', curves, '--titles', DET_NAME, SEG_NAME,
+        story.run('analysis_tools/plot_curves.py', det_dir, seg_dir, '--out', curves, '--titles', DET_NAME, SEG_NAME,
                   log='plot_curves')
         overview_path = osp.join(args.docs_dir, 'demo_overview.png')
         overview(drawn, titles, in_repo(overview_path))
