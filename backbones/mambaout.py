@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .checkpoint import load_pretrained
-from .gated_cnn_kernel import GatedCNNParams, GatedCNNSpec, gated_cnn_branch, is_compiling
+from .gated_cnn_kernel import GatedCNNParams, GatedCNNSpec, gated_cnn_branch, kernel_can_run
 
 # Fields every variant has, with the reference's defaults (official MambaOut / timm ``MambaOut``).
 ARCH_DEFAULTS = dict(
@@ -172,11 +172,7 @@ class GatedCNNBlock(nn.Module):
                                             gelu_approximate=getattr(self.act, 'approximate', 'none'))
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
-        if (not self.memory_efficient or is_compiling() or torch.jit.is_tracing()
-                or self.kernel_spec is None):
-            # torch.compile fuses the plain graph and picks what to recompute itself (memory_efficient=False
-            # gives its eager fallbacks the same graph); tracers (FLOP counters, ONNX export) cannot record
-            # a custom autograd Function.
+        if not self.memory_efficient or self.kernel_spec is None or not kernel_can_run():
             return self._residual_plain(x)
         params = GatedCNNParams(self.norm.weight, self.norm.bias, self.fc1.weight, self.fc1.bias,
                                 self.conv.weight, self.conv.bias, self.fc2.weight, self.fc2.bias)
