@@ -6,6 +6,19 @@ The branch is LayerNorm -> fc1 -> (gate, identity, conv part) -> depthwise conv 
 fc2(act(gate) * cat(identity, conv)), NHWC, before LayerScale. It is described by a :class:`GatedCNNSpec`
 and a :class:`GatedCNNParams`; no module enters the autograd graph.
 
+How it enters autograd and torch.compile depends on torch (:data:`CUSTOM_OPS`):
+
+- torch >= 2.4 (``torch.library.custom_op``, ``register_fake``, ``register_autograd``): three operators,
+  ``torch.ops.mambaout.gated_cnn_forward`` (output and what backward keeps), ``gated_cnn_backward`` and
+  ``gated_cnn_inference``, each with a fake (meta) function; the forward's autograd formula calls the backward
+  operator. Eager runs and torch.compile (Dynamo, AOTAutograd, inductor) run them the same way: no graph
+  break, nothing decomposed into the plain ops, the same numbers and the same saved tensors compiled as eager.
+- torch 2.1-2.3: :class:`GatedCNNFunction`, an autograd Function, in eager runs; under torch.compile the
+  blocks run the plain modules (Dynamo cannot keep the Function's hand-written backward), and the first
+  compiled block warns so, once per process.
+
+Either way the kernel steps aside for tracers and exporters (:func:`kernel_can_run`).
+
 Two steps differ by device: the depthwise conv's backward (forward convs on CPU, aten's, i.e. cuDNN's,
 elsewhere) and inference (in chunks of pixels on CPU only). :func:`emulate_device_branches` lets the tests run
 the other devices' branches on a CPU. ``MambaOut(memory_efficient=False)`` runs the plain modules instead.

@@ -130,9 +130,11 @@ class GatedCNNBlock(nn.Module):
     part -> fc2(act(gate) * cat(identity, conv)) -> LayerScale -> drop path, plus the shortcut.
 
     NHWC in and out. Disabled parts are ``nn.Identity`` so checkpoint keys never move. With
-    ``memory_efficient`` and GELU or SiLU, outside torch.compile and jit tracing, the branch runs as
-    :mod:`backbones.gated_cnn_kernel`: the same forward numbers as the plain modules (:meth:`_residual_plain`),
-    about half their activation memory for backward, and faster on CPU.
+    ``memory_efficient`` and GELU or SiLU, the branch runs as :mod:`backbones.gated_cnn_kernel`: the same
+    forward numbers as the plain modules (:meth:`_residual_plain`), about half their activation memory for
+    backward, and faster on CPU; under torch.compile too on torch >= 2.4 (as torch.library operators). The
+    plain modules run instead under jit tracing and torch.export, and under torch.compile on torch < 2.4
+    (:func:`~backbones.gated_cnn_kernel.kernel_can_run`).
 
     Args:
         dim (int): input and output channels.
@@ -236,10 +238,9 @@ class MambaOut(BaseModule):
             each block). Default: False.
         memory_efficient (bool): run the Gated CNN blocks' branch as the memory-lean kernel
             (:mod:`backbones.gated_cnn_kernel`: same outputs and gradients, about half the activation
-            memory). False runs the plain modules (timm's formulation) everywhere: a way out if the kernel
-            misbehaves on some device, and one graph for torch.compile, eager or compiled (under
-            torch.compile the plain modules are traced anyway; False makes the eager runs, e.g. dynamo's
-            fallbacks, take them too). Default: True.
+            memory; compiled too on torch >= 2.4). False runs the plain modules (timm's formulation)
+            everywhere: a way out if the kernel misbehaves on some device, and the graph that torch.compile
+            fuses and rematerializes itself. Default: True.
         init_cfg (dict | list[dict], optional): mmengine init config. ``dict(type='Pretrained',
             checkpoint=PATH_OR_URL[, prefix=...])`` loads official, timm, or mmdet/mmseg checkpoints
             (see :func:`backbones.checkpoint.load_pretrained`).
