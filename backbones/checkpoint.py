@@ -8,21 +8,29 @@ A checkpoint is named by a local path, an http(s) URL (downloaded once into torc
 ``$TORCH_HOME/hub/checkpoints``) or a Hugging Face hub name (``timm/mambaout_tiny.in1k``,
 ``hf-hub:timm/mambaout_tiny``; through ``huggingface_hub``'s cache, so ``HF_HUB_OFFLINE``, ``HF_HOME``,
 ``HF_HUB_CACHE`` and ``HF_ENDPOINT`` apply). A download that fails is one :class:`CheckpointDownloadError`
-saying where to put the file by hand.
+saying where to put the file by hand. A URL is downloaded once per node: in a distributed run the first rank
+of each node downloads while the others wait (a failure is the same error on every rank), and separate
+processes sharing a cache take turns through a file lock in it.
 
 Files are read with weights-only unpickling (or as ``.safetensors``): a checkpoint from the internet
-cannot run code while it loads.
+cannot run code while it loads. A file that cannot be read at all (a download cut short, an error page saved
+as a checkpoint) is a :class:`CheckpointDamagedError` naming the file on disk and how to replace it.
 """
 import http.client
 import logging
 import os
+import pickle
 import re
+import threading
 import uuid
+import zipfile
 from collections import OrderedDict
 from typing import Dict, Optional
 from urllib.parse import urlparse
 
 import torch
+from filelock import FileLock  # a dependency of torch and of huggingface_hub
+from mmengine.dist import all_gather_object, get_dist_info, get_local_rank
 from timm.models.mambaout import checkpoint_filter_fn
 
 # Keys of the classification model that a detection/segmentation backbone does not have (after timm's
@@ -39,10 +47,29 @@ _CHECKPOINT_SUFFIXES = ('.pth', '.pt', '.bin', '.safetensors', '.ckpt', '.tar')
 # What a hub repo holds, in the order timm reads it: safetensors first (no unpickling at all).
 _HUB_FILES = ('model.safetensors', 'pytorch_model.bin')
 _OVERRIDE = '--cfg-options model.backbone.init_cfg.checkpoint=/path/to/file'
+# Where a file that _read_file reads came from: what a damaged one needs is said accordingly.
+_TORCH_CACHE = "torch's hub cache"
+_HUB_CACHE = "huggingface_hub's cache"
+_JUST_DOWNLOADED = 'a download just made'
+# How torch.save's legacy (pre-zip) format begins: the pickled magic number, in whichever protocol it was saved.
+_LEGACY_HEADERS = tuple(pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=p)
+                        for p in range(2, pickle.HIGHEST_PROTOCOL + 1))
+# While the first rank of a node downloads, the ranks meet this often rather than waiting in one collective: a
+# download can outlast the process group's timeout (NCCL's is 10 minutes).
+_POLL_SECONDS = 1.0
+_DOWNLOADING = 'downloading'
 
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint does not fit the MambaOut it is loaded into."""
+
+
+class CheckpointDamagedError(CheckpointMismatchError):
+    """A checkpoint file cannot be read at all: truncated (a download cut short), or not a checkpoint.
+
+    The message names the file on disk and the fix: delete it from its cache so that it is downloaded again, or
+    give another file. A :class:`CheckpointMismatchError`, as the unreadable files that were reported as such.
+    """
 
 
 class CheckpointDownloadError(OSError):
@@ -69,6 +96,7 @@ def read_checkpoint(path_or_url: str) -> dict:
     Raises:
         CheckpointDownloadError: the URL or hub file could not be downloaded and is not in its cache.
         FileNotFoundError: a local path that does not exist.
+        CheckpointDamagedError: the file (local, or in a cache) is truncated or not a checkpoint at all.
         CheckpointMismatchError: the file holds more than plain tensors (weights-only unpickling refused it).
     """
     if path_or_url.startswith(('http://', 'https://')):
@@ -78,26 +106,77 @@ def read_checkpoint(path_or_url: str) -> dict:
         return _read_file(path, path_or_url)
     hub_id = resolve_hub_name(path_or_url)
     if hub_id is not None:
-        return _read_file(_download_from_hub(path_or_url, hub_id), path_or_url)
+        return _read_file(_download_from_hub(path_or_url, hub_id), path_or_url, _HUB_CACHE)
     raise FileNotFoundError(f'MambaOut checkpoint not found: {path_or_url!r}. Give a local file, an http(s) URL '
                             'of an official (mambaout_*.pth) or timm checkpoint, or a hub name such as '
                             "'timm/mambaout_tiny.in1k' or 'hf-hub:timm/mambaout_tiny'.")
 
 
-def _read_file(path: str, shown_name: str) -> dict:
-    """Read a local ``.safetensors`` file, or any other one with weights-only unpickling."""
+def _read_file(path: str, shown_name: str, source: Optional[str] = None) -> dict:
+    """Read a local ``.safetensors`` file, or any other one with weights-only unpickling.
+
+    Args:
+        path: the file on disk.
+        shown_name: the checkpoint as the user gave it (a path, URL or hub name), for the messages.
+        source: where the file came from, for the fix that a damaged file needs: ``_TORCH_CACHE``, ``_HUB_CACHE``,
+            ``_JUST_DOWNLOADED``, or None for a file the user gave.
+
+    Raises:
+        CheckpointDamagedError: the file cannot be read at all (truncated, or not a checkpoint).
+        CheckpointMismatchError: a whole checkpoint that holds more than plain tensors.
+    """
     if path.endswith('.safetensors'):
         from safetensors.torch import load_file
         try:
             return load_file(path, device='cpu')
-        except Exception as err:  # safetensors has one error type per binding; say what happened in one line
-            raise CheckpointMismatchError(f'Could not read {shown_name!r} as safetensors ({_one_line(err)}).') from None
+        except Exception as err:  # safetensors holds tensors only: a file it cannot read is damaged
+            raise CheckpointDamagedError(_damaged_message(path, shown_name, source, err)) from None
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as err:  # pickle errors come in many types; say what happened in one line
+        if not _is_whole_torch_file(path, err):
+            raise CheckpointDamagedError(_damaged_message(path, shown_name, source, err)) from None
+        on_disk = '' if path == shown_name else f' ({path})'
         raise CheckpointMismatchError(
-            f'Could not read {shown_name!r} with weights-only unpickling ({_one_line(err)}). Only plain tensors '
-            'are accepted; if you trust the file, re-save its state dict with tools/model_converters/convert_checkpoint.py.') from None
+            f'Could not read {shown_name!r}{on_disk} with weights-only unpickling ({_one_line(err)}). Only plain '
+            'tensors are accepted; if you trust the file, load it with torch.load(..., weights_only=False) and '
+            f'torch.save its state dict (a dict of tensors) to a new file, then give that: {_OVERRIDE}') from None
+
+
+def _is_whole_torch_file(path: str, err: Exception) -> bool:
+    """Whether ``path`` is a complete ``torch.save`` file, so that ``err`` is weights-only unpickling refusing its
+    contents rather than a damaged file: weights-only loading reports both with the same exception types.
+
+    A zip archive (torch's format since 1.6) is whole when it holds a ``data.pkl`` and every member passes its CRC
+    check; a cut-short one has lost its central directory, which is written last. A legacy file is whole when it
+    begins with torch's magic number and unpickling did not run out of data.
+    """
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                has_pickle = any(name.rpartition('/')[2] == 'data.pkl' for name in archive.namelist())
+                return has_pickle and archive.testzip() is None
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+            return False
+    with open(path, 'rb') as file:
+        head = file.read(max(len(header) for header in _LEGACY_HEADERS))
+    return head.startswith(_LEGACY_HEADERS) and not isinstance(err, EOFError) and 'EOF' not in str(err)
+
+
+def _damaged_message(path: str, shown_name: str, source: Optional[str], err: Exception) -> str:
+    """What is damaged, where it is on disk, and how to replace it (see :func:`_read_file` for ``source``)."""
+    what = f'truncated, or not a readable checkpoint ({_one_line(err)})'
+    if source is None:
+        return f'The MambaOut checkpoint {path} is damaged: {what}. Give another file: {_OVERRIDE}'
+    if source == _JUST_DOWNLOADED:
+        return (f'The download of the MambaOut checkpoint {shown_name!r} is damaged: {what}. It was removed again: '
+                'if the download was cut short, running again downloads it anew; or give a local file: '
+                f'{_OVERRIDE}')
+    # huggingface_hub's snapshot files are links to its blobs: the blob is the file to delete
+    on_disk = os.path.realpath(path)
+    linked = f' (linked from {path})' if on_disk != os.path.abspath(path) else ''
+    return (f'The MambaOut checkpoint {shown_name!r} in {source} is damaged: {on_disk}{linked} is {what}. Delete '
+            f'that file so that it is downloaded again, or give another file: {_OVERRIDE}')
 
 
 def _one_line(err: BaseException) -> str:
@@ -115,46 +194,130 @@ def torch_hub_cache_path(url: str) -> str:
 
 
 def _read_url(url: str) -> dict:
-    """Read the checkpoint of ``url`` from torch's hub cache, downloading it there first if needed.
-
-    torch's ``download_url_to_file`` writes to ``<dst>.<uuid>.partial`` and moves it to ``dst`` only after the last
-    byte, deleting the partial file on any error or interrupt; we rely on that. It cannot notice a server that
-    closes the connection early (Python's http.client then just ends the stream), so ``dst`` is a staging name and
-    the file moves to the cache path only once it has been read successfully.
-    """
+    """Read the checkpoint of ``url`` from torch's hub cache, downloading it there first (once per node) if needed."""
     cached = torch_hub_cache_path(url)
-    if os.path.isfile(cached):
-        return _read_file(cached, url)
-    # Unique per process (data-parallel ranks may download at once); the extension says how to read the file.
-    stem, extension = os.path.splitext(cached)
-    staged = f'{stem}.{uuid.uuid4().hex}.unverified{extension}'
+    if not os.path.basename(cached):
+        raise CheckpointDownloadError(f'The MambaOut checkpoint URL {url!r} names no file (its path ends with "/"), '
+                                      f'so it has no place in torch\'s hub cache. Give a local file: {_OVERRIDE}')
+    checkpoint = _fetch_once_per_node(url, cached)
+    return checkpoint if checkpoint is not None else _read_file(cached, url, _TORCH_CACHE)
+
+
+def _fetch_once_per_node(url: str, cached: str) -> Optional[dict]:
+    """Put ``url`` into the cache at ``cached``, downloading it once per node; its checkpoint if read on the way.
+
+    Outside a distributed run (or with one process) this is :func:`_fetch_into_cache`, whose file lock lets
+    separate processes sharing the cache take turns: the first downloads, the others find the file. In a
+    distributed run every rank must call this, as every rank runs the model's ``init_weights`` under the Runner
+    (mmengine's ``load_from_http`` asks the same): the first rank of each node downloads in a thread while all
+    ranks meet every ``_POLL_SECONDS`` until each node's download has ended; if one failed, every rank raises its
+    error. A rank whose cache its node's first rank did not fill (a cache of its own) then downloads by itself.
+    """
+    rank, world_size = get_dist_info()
+    if world_size == 1:
+        return _fetch_into_cache(url, cached)
+    outcome = {}
+    downloader = None
+    if _local_rank() == 0:
+        downloader = threading.Thread(target=_fetch_into, args=(outcome, url, cached), daemon=True,
+                                      name='mambaout-checkpoint-download')
+        downloader.start()
+    while True:
+        if downloader is not None:
+            downloader.join(_POLL_SECONDS)
+        status = _DOWNLOADING if downloader is not None and downloader.is_alive() else outcome.get('shared_error')
+        statuses = all_gather_object(status)
+        if _DOWNLOADING not in statuses:
+            break
+    failed = next((i for i, status in enumerate(statuses) if status is not None), None)
+    if failed == rank:
+        raise outcome['error']  # this rank's own, with its traceback
+    if failed is not None:
+        raise statuses[failed] from None
+    if downloader is None and not os.path.isfile(cached):
+        return _fetch_into_cache(url, cached)
+    return outcome.get('checkpoint')
+
+
+def _local_rank() -> int:
+    """This process's rank on its node: from mmengine's local process group when one was made
+    (``init_local_group``), else ``LOCAL_RANK`` (set by torchrun and by mmengine's slurm and MPI launchers), else
+    the global rank (then only rank 0 downloads first)."""
     try:
-        _download_url(url, cached, staged)
+        return get_local_rank()
+    except RuntimeError:  # no local process group: mmengine makes one only on request
+        return int(os.environ.get('LOCAL_RANK', get_dist_info()[0]))
+
+
+def _fetch_into(outcome: dict, url: str, cached: str) -> None:
+    """:func:`_fetch_into_cache` in a thread: its checkpoint, or its error and a copy that pickles, into
+    ``outcome``."""
+    try:
+        outcome['checkpoint'] = _fetch_into_cache(url, cached)
+    except Exception as err:  # every failure must reach the waiting ranks, or they would wait forever
+        outcome['error'] = err
         try:
-            checkpoint = _read_file(staged, url)
-        except CheckpointMismatchError as err:
-            raise CheckpointMismatchError(f'{err} The file was downloaded just now and removed again: if the '
-                                          'download was cut short, running again downloads it anew.') from None
-        os.replace(staged, cached)
-        return checkpoint
+            pickle.dumps(err)
+            outcome['shared_error'] = err
+        except Exception:  # an exception that does not pickle travels as its type and message
+            outcome['shared_error'] = RuntimeError(_one_line(err))
+
+
+def _fetch_into_cache(url: str, cached: str) -> Optional[dict]:
+    """Download ``url`` to ``cached`` unless it is there; the checkpoint if it was downloaded (and so read) now.
+
+    Under a file lock in the cache (``.locks/<file>.lock``), so that processes sharing it download once: the
+    others wait, then find the file. torch's ``download_url_to_file`` writes to ``<dst>.<uuid>.partial`` and moves
+    it to ``dst`` only after the last byte, deleting the partial file on any error or interrupt; we rely on that.
+    It cannot notice a server that closes the connection early (Python's http.client then just ends the stream), so
+    ``dst`` is a staging name and the file moves to the cache path only once it has been read as a whole
+    checkpoint. A whole one that weights-only unpickling refuses moves there too, where its error names it.
+    """
+    if os.path.isfile(cached):  # no lock needed, nor a writable cache
+        return None
+    lock_dir = os.path.join(os.path.dirname(cached), '.locks')
+    try:
+        os.makedirs(lock_dir, exist_ok=True)
+        lock = FileLock(os.path.join(lock_dir, os.path.basename(cached) + '.lock'))
+        lock.acquire()
+    except OSError as err:
+        raise CheckpointDownloadError(_download_failure_message(url, cached, err)) from None
+    try:
+        if os.path.isfile(cached):  # another process downloaded it while this one waited for the lock
+            return None
+        # Unique per process, should the lock not hold on this filesystem; the extension says how to read the file.
+        stem, extension = os.path.splitext(cached)
+        staged = f'{stem}.{uuid.uuid4().hex}.unverified{extension}'
+        try:
+            _download_url(url, cached, staged)
+            try:
+                checkpoint = _read_file(staged, url, _JUST_DOWNLOADED)
+            except CheckpointDamagedError:
+                raise
+            except CheckpointMismatchError:  # whole but refused: kept, so that the refusal can name it in the cache
+                checkpoint = None
+            os.replace(staged, cached)
+            return checkpoint
+        finally:
+            if os.path.exists(staged):
+                os.remove(staged)
     finally:
-        if os.path.exists(staged):
-            os.remove(staged)
+        lock.release()
 
 
 def _download_url(url: str, cached: str, staged: str) -> None:
     """Download ``url`` to ``staged`` with a progress bar; any failure is a :class:`CheckpointDownloadError`."""
-    if not os.path.basename(cached):
-        raise CheckpointDownloadError(f'The MambaOut checkpoint URL {url!r} names no file (its path ends with "/"), '
-                                      f'so it has no place in torch\'s hub cache. Give a local file: {_OVERRIDE}')
-    os.makedirs(os.path.dirname(cached), exist_ok=True)
     try:
         torch.hub.download_url_to_file(url, staged, progress=True)
     except (OSError, http.client.HTTPException, ValueError) as err:  # URLError/HTTPError/timeouts are OSErrors
-        raise CheckpointDownloadError(
-            f'Could not download the MambaOut checkpoint {url!r} ({_one_line(err)}).\n'
+        raise CheckpointDownloadError(_download_failure_message(url, cached, err)) from None
+
+
+def _download_failure_message(url: str, cached: str, err: Exception) -> str:
+    """The URL, the cause in one line, the cache path where the file can be put by hand, and the override."""
+    return (f'Could not download the MambaOut checkpoint {url!r} ({_one_line(err)}).\n'
             f'  Put the file by hand at {cached} (torch\'s hub cache, under TORCH_HOME),\n'
-            f'  or give a local file: {_OVERRIDE}') from None
+            f'  or give a local file: {_OVERRIDE}')
 
 
 def resolve_hub_name(name: str) -> Optional[str]:

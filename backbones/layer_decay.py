@@ -3,8 +3,12 @@
 The stem gets layer id 0, then each block (``layer_wise``) or each stage (``stage_wise``) the next ids up to
 ``num_layers``; the neck, the heads and the backbone's output norms (new parameters, as ConvNeXt's) get
 ``num_layers + 1``. A parameter with layer id ``i`` trains with ``lr * decay_rate ** (num_layers + 1 - i)``: the
-full lr at the top, less towards the stem. Weight decay follows mmengine's ``paramwise_cfg`` rules
-(``norm_decay_mult``, ``bias_decay_mult``, ``custom_keys``...), as in our configs: only the lr is scaled.
+full lr at the top, less towards the stem.
+
+Weight decay is ConvNeXt's rule by default: none on 1-D parameters (biases, norms, LayerScale ``gamma``), as
+mmdet's/mmseg's ``LearningRateDecayOptimizerConstructor`` does. mmengine's ``paramwise_cfg`` keys say otherwise
+where given: ``norm_decay_mult`` (norm layers), ``bias_decay_mult`` (biases), ``flat_decay_mult`` (any other 1-D
+parameter) and ``custom_keys`` (whose ``decay_mult`` wins over all) apply as in mmengine.
 """
 import re
 from typing import List
@@ -14,11 +18,13 @@ from mmengine.optim import DefaultOptimWrapperConstructor
 from torch import nn
 
 DECAY_TYPES = ('layer_wise', 'stage_wise')
+# mmengine's weight-decay multipliers that, left unset, give ConvNeXt's "no decay on 1-D parameters"
+ONE_DIM_DECAY_MULTS = ('norm_decay_mult', 'bias_decay_mult', 'flat_decay_mult')
 
 
 class MambaOutLearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
     """``optim_wrapper=dict(constructor='MambaOutLearningRateDecayOptimizerConstructor', paramwise_cfg=dict(
-    decay_rate=0.7, decay_type='layer_wise', num_layers=None, norm_decay_mult=0., bias_decay_mult=0.))``.
+    decay_rate=0.7, decay_type='layer_wise', num_layers=None))``.
 
     Args (in ``paramwise_cfg``, besides mmengine's):
         decay_rate (float): lr factor per layer id below the top, in (0, 1].
@@ -27,6 +33,9 @@ class MambaOutLearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstruct
         num_layers (int, optional): how many ids the blocks (or stages) share, from 1 to ``num_layers``;
             with fewer ids than blocks, consecutive blocks share one. Default: the number of blocks
             (``layer_wise``) or of stages (``stage_wise``) of the backbone.
+        norm_decay_mult, bias_decay_mult, flat_decay_mult (float): mmengine's weight-decay multipliers of norm
+            layers, biases and other 1-D parameters. Default: 0 each (ConvNeXt's rule), when the optimizer has
+            a weight decay.
     """
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict = None):
@@ -44,6 +53,9 @@ class MambaOutLearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstruct
         # mmengine skips add_params (where the lr is scaled) when paramwise_cfg is empty
         paramwise_cfg.setdefault('bypass_duplicate', False)
         super().__init__(optim_wrapper_cfg, paramwise_cfg)
+        if self.base_wd is not None:  # mmengine refuses decay multipliers for an optimizer without weight decay
+            for key in ONE_DIM_DECAY_MULTS:
+                self.paramwise_cfg.setdefault(key, 0.)
 
     def add_params(self, params: List[dict], module: nn.Module, prefix: str = '', **kwargs) -> None:
         if prefix:  # mmengine's recursion over submodules

@@ -31,11 +31,12 @@ from mmengine.runner import Runner
 
 LOG_SCALARS_KEY = 'message_hub_log_scalars'
 
-# What torch's weights-only unpickler rebuilds without an allowlist (torch.serialization._get_allowed_globals
-# and the pickle opcodes it handles); Counter is what MultiStepLR keeps its milestones in.
-_PLAIN_LEAVES = (str, bytes, int, float, bool, complex, type(None), torch.Tensor, torch.Size, torch.dtype,
-                 torch.device)
-_PLAIN_CONTAINERS = (dict, OrderedDict, Counter, list, tuple, set)
+# What the weights-only unpickler of every supported torch (2.1 on) rebuilds without an allowlist
+# (torch.serialization._get_allowed_globals and the pickle opcodes it handles). torch 2.1's has no Counter
+# (what MultiStepLR keeps its milestones in: saved as a dict, see :func:`to_weights_only`), torch.device,
+# nor sets.
+_PLAIN_LEAVES = (str, bytes, int, float, bool, type(None), torch.Tensor, torch.Size)
+_PLAIN_CONTAINERS = (dict, OrderedDict, list, tuple)
 
 
 def _plain(value: Any) -> Any:
@@ -74,7 +75,8 @@ def to_weights_only(checkpoint: dict) -> dict:
 
     Each ``HistoryBuffer`` of the message hub becomes ``dict(log_history=float64 tensor,
     count_history=int64 tensor, max_length=int)`` under ``checkpoint[LOG_SCALARS_KEY]``; numpy values in
-    the message hub's runtime info and in ``meta`` become Python numbers or lists.
+    the message hub's runtime info and in ``meta`` become Python numbers or lists; the ``Counter`` of
+    milestones of each parameter scheduler (MultiStepLR) becomes a dict.
     """
     message_hub = checkpoint.get('message_hub')
     if isinstance(message_hub, dict) and 'log_scalars' in message_hub:
@@ -90,12 +92,28 @@ def to_weights_only(checkpoint: dict) -> dict:
         message_hub['runtime_info'] = _plain(message_hub.get('runtime_info', OrderedDict()))
     if 'meta' in checkpoint:
         checkpoint['meta'] = _plain(checkpoint['meta'])
+    for scheduler in _scheduler_states(checkpoint):
+        if isinstance(scheduler.get('milestones'), Counter):
+            scheduler['milestones'] = dict(scheduler['milestones'])
     return checkpoint
+
+
+def _scheduler_states(checkpoint: dict) -> Iterator[dict]:
+    """The state dicts of the checkpoint's parameter schedulers: mmengine saves a list of them, or a dict of
+    such lists for several optimizers."""
+    schedulers = checkpoint.get('param_schedulers')
+    groups = schedulers.values() if isinstance(schedulers, dict) else [schedulers or []]
+    for group in groups:
+        yield from (state for state in group if isinstance(state, dict))
 
 
 def restore_runner_state(checkpoint: dict) -> dict:
     """Undo :func:`to_weights_only` on a loaded checkpoint, in place: the message hub gets its
-    ``HistoryBuffer`` objects back. Checkpoints without :data:`LOG_SCALARS_KEY` are left as they are."""
+    ``HistoryBuffer`` objects back (checkpoints without :data:`LOG_SCALARS_KEY` keep theirs as they are), the
+    schedulers their ``Counter`` of milestones."""
+    for scheduler in _scheduler_states(checkpoint):
+        if type(scheduler.get('milestones')) is dict:
+            scheduler['milestones'] = Counter(scheduler['milestones'])
     history = checkpoint.pop(LOG_SCALARS_KEY, None)
     message_hub = checkpoint.get('message_hub')
     if history is None or not isinstance(message_hub, dict):

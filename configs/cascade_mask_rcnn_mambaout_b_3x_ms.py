@@ -1,3 +1,3 @@
-# Cascade Mask R-CNN 3x multi-scale, MambaOut-Base (no published AP; params and FLOPs in the README).
+# Cascade Mask R-CNN 3x multi-scale, MambaOut-Base (no published AP; params and FLOPs in configs/metafile.yml).
 _base_ = ['./_base_/cascade_mask_rcnn_mambaout_fpn_3x_ms_coco.py', './_base_/mambaout_det_sizes.py']
 model = _base_.mambaout_base_det

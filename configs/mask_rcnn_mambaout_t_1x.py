@@ -1,2 +1,2 @@
-# Mask R-CNN 1x, MambaOut-Tiny (paper: 45.1 APb / 41.0 APm on COCO val2017).
+# Mask R-CNN 1x, MambaOut-Tiny (its paper result: configs/metafile.yml).
 _base_ = ['./_base_/mask_rcnn_mambaout_fpn_1x_coco.py']

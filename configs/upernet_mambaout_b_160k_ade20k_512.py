@@ -1,4 +1,4 @@
-# UperNet 160k, MambaOut-Base (paper: 49.6 mIoU single-scale / 51.0 multi-scale on ADE20K val).
+# UperNet 160k, MambaOut-Base (its paper result: configs/metafile.yml).
 _base_ = ['./_base_/upernet_mambaout_160k_ade20k_512.py']
 model = dict(
     backbone=dict(

@@ -1,4 +1,4 @@
-# UperNet 160k, MambaOut-Small (paper: 49.5 mIoU single-scale / 50.6 multi-scale on ADE20K val).
+# UperNet 160k, MambaOut-Small (its paper result: configs/metafile.yml).
 _base_ = ['./_base_/upernet_mambaout_160k_ade20k_512.py']
 model = dict(
     backbone=dict(

@@ -3,22 +3,20 @@
 mmdet's and mmseg's own train/test scripts do the same with mmengine's Runner; ours serve det and seg
 configs alike (mmseg 1.2.2's package ships no train.py to call) and add one thing mmengine 0.10.7
 lacks: distributed runs on machines without CUDA (its init_dist calls torch.cuda.set_device and its
-DDP wrapper passes device_ids), set up here with the gloo backend; and resuming from checkpoints written
-before the plugins made training checkpoints weights-only loadable (``backbones/training_checkpoint.py``;
-see ``RUNNER_STATE_GLOBALS``).
+DDP wrapper passes device_ids), set up here with the gloo backend; and weights-only unpickling of every
+checkpoint the runner reads, also on torch < 2.6 (``mambaout_tools/weights_only.py``).
 """
 import os
 import os.path as osp
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from mmengine.config import Config, DictAction
-from mmengine.logging import HistoryBuffer
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from mambaout_tools import models
+from mambaout_tools.weights_only import load_checkpoints_weights_only
 
 
 def add_common_args(parser):
@@ -63,27 +61,6 @@ def _use_gloo_on_cpu(cfg):
     cfg.model_wrapper_cfg = wrapper
 
 
-# What an mmengine training checkpoint written without WeightsOnlyCheckpointHook (before the plugins added
-# it) holds besides tensors: the message hub's HistoryBuffers (numpy arrays and scalars, and their
-# statistics methods, pickled as getattr(HistoryBuffer, 'min')). Allowed only while the Runner resumes or
-# loads a checkpoint: torch's weights-only unpickler still calls nothing but allowlisted callables, and
-# every other load (the backbone's pretrained weights) keeps torch's default allowlist.
-_NP_CORE = np._core if hasattr(np, '_core') else np.core  # numpy 2 renamed it
-RUNNER_STATE_GLOBALS = [
-    HistoryBuffer, getattr, np.ndarray, np.dtype, _NP_CORE.multiarray._reconstruct, _NP_CORE.multiarray.scalar,
-    *{type(np.dtype(code)) for code in ('float64', 'float32', 'int64', 'int32', 'bool')},
-]
-
-
-def _with_runner_state_globals(method):
-    def load(*args, **kwargs):
-        with torch.serialization.safe_globals(RUNNER_STATE_GLOBALS):
-            return method(*args, **kwargs)
-    return load
-
-
 def build_runner(cfg) -> Runner:
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.resume = _with_runner_state_globals(runner.resume)
-    runner.load_checkpoint = _with_runner_state_globals(runner.load_checkpoint)
-    return runner
+    load_checkpoints_weights_only()
+    return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)

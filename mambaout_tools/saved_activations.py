@@ -20,6 +20,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
+from backbones.gated_cnn_kernel import autocast_dtype
+
 # Ops that CUDA's autocast runs in float32 and CPU's does not, as a model calls them (functional and method).
 FP32_ON_CUDA = frozenset({F.layer_norm, F.group_norm, F.softmax, F.log_softmax, torch.softmax, torch.log_softmax,
                           torch.Tensor.softmax, torch.Tensor.log_softmax})
@@ -33,7 +35,7 @@ class CudaAutocastRules(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func not in FP32_ON_CUDA or not torch.is_autocast_enabled('cpu'):
+        if func not in FP32_ON_CUDA or autocast_dtype('cpu') is None:
             return func(*args, **kwargs)
 
         def to_fp32(value):

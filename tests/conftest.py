@@ -35,6 +35,14 @@ _TIMM_TO_OFFICIAL = (
 )
 
 
+def tool_env(**variables):
+    """The environment for a tool run as a process: this repository first on PYTHONPATH (the packages of a
+    PYTHONPATH already set stay reachable after it), plus ``variables``."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.pathsep.join(filter(None, [root, os.environ.get('PYTHONPATH')]))
+    return dict(os.environ, PYTHONPATH=path, **variables)
+
+
 def timm_to_official(state):
     out = {}
     for key, value in state.items():

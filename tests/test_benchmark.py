@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from conftest import tool_env
 
 from tools.analysis_tools import benchmark
 
@@ -104,7 +105,7 @@ def test_default_shapes():
 
 def test_bad_config_path_exits_nonzero_and_names_it():
     proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'analysis_tools', 'benchmark.py'), 'configs/nope.py'],
-                          capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+                          capture_output=True, text=True, cwd=ROOT, env=tool_env())
     assert proc.returncode != 0
     assert 'config file not found: configs/nope.py' in proc.stderr
 
@@ -133,7 +134,7 @@ def test_bad_numbers_and_device(capsys):
 def test_saved_activations_ratios_at_a_small_size(capsys):
     # What autograd keeps for backward scales with the pixels, so the ratios at 64x96 are those at 800x1344
     # (measured there: docs/benchmarks.md). With CUDA's autocast rules: ours / timm 0.530, ours / ConvNeXt
-    # 0.708; the targets are <= 0.55 and <= 1.0.
+    # 0.708; the GPU report's targets are <= 0.55 and <= 1.0 (docs/gpu_report.md).
     results = benchmark.main([DET, '--shape', '64', '96', '--backbone-only', '--compare', '--saved-activations',
                               '--batch-size', '1'])
     out = capsys.readouterr().out

@@ -1,6 +1,7 @@
 """Loading official, timm, wrapped and detector checkpoints; every mismatch is an error naming the keys."""
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import torch
 from conftest import timm_to_official
 
 from backbones import CheckpointMismatchError, MambaOut, load_pretrained
+from backbones.checkpoint import CheckpointDamagedError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -161,9 +163,20 @@ class _Payload:
 def test_checkpoint_cannot_run_code(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     torch.save({'state_dict': {'stem.conv1.weight': torch.zeros(1)}, 'evil': _Payload()}, tmp_path / 'evil.pth')
-    with pytest.raises(CheckpointMismatchError, match='weights-only'):
+    with pytest.raises(CheckpointMismatchError, match='weights-only') as info:
         load_pretrained(MambaOut('femto'), str(tmp_path / 'evil.pth'))
+    assert not isinstance(info.value, CheckpointDamagedError)
     assert not (tmp_path / 'PWNED').exists()
+
+
+def test_damaged_local_file_is_named_with_the_fix(femto_states, tmp_path):
+    path = tmp_path / 'copied_halfway.pth'
+    torch.save(femto_states[0], path)
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    with pytest.raises(CheckpointDamagedError, match=rf'^The MambaOut checkpoint {re.escape(str(path))} is damaged: '
+                                                     r'truncated, or not a readable checkpoint \(.*\)\. Give another '
+                                                     r'file: --cfg-options model\.backbone\.init_cfg\.checkpoint='):
+        load_pretrained(MambaOut('femto'), str(path))
 
 
 def test_convert_checkpoint_tool(femto_states, tmp_path):

@@ -8,7 +8,7 @@ import torch
 from mmengine.config import Config
 
 from mambaout_tools.models import build_model, load_config, num_classes_of, synthetic_batch
-from tools.analysis_tools.results_table import MAMBAOUT_COMPLEXITY
+from tools.analysis_tools.results_table import OURS, Metafile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, 'configs', '**', '*.py'), recursive=True)
@@ -18,10 +18,13 @@ SIZES = {'t': ('tiny', 0.3, [96, 192, 384, 576]), 's': ('small', 0.3, [96, 192, 
          'b': ('base', 0.6, [128, 256, 512, 768])}
 PAPER_DET = {s: f'mask_rcnn_mambaout_{s}_1x.py' for s in SIZES}
 PAPER_SEG = {s: f'upernet_mambaout_{s}_160k_ade20k_512.py' for s in SIZES}
-# issue 13: the peers' 3x recipes (Swin's and ConvNeXt's), no MambaOut paper numbers
+# the peers' 3x recipes (Swin's and ConvNeXt's), no MambaOut paper numbers
 LONG_DET = {(task, s): f'{task}_mambaout_{s}_3x_ms.py' for task in ('mask_rcnn', 'cascade_mask_rcnn') for s in SIZES}
 # DETR-style multi-scale training of mmdet's Swin/ConvNeXt 3x configs: shorter side 480, 512, ..., 800
 MULTI_SCALE = [(short, 1333) for short in range(480, 801, 32)]
+
+
+METAFILE = Metafile()
 
 
 def load(name):
@@ -34,6 +37,15 @@ def test_all_paper_configs_exist():
     assert {'toy/mask_rcnn_mambaout_toy.py', 'toy/upernet_mambaout_toy.py'} <= names
 
 
+def test_every_experiment_config_is_in_the_metafile_and_back():
+    """configs/*.py (the experiments; not _base_/, toy/, custom/) are exactly the metafile's MambaOut models, each
+    named by its config, so that every config has its params and FLOPs (and paper result, if any) there."""
+    experiments = {os.path.relpath(p, ROOT) for p in CONFIGS if os.path.dirname(p) == os.path.join(ROOT, 'configs')}
+    models = METAFILE.of(OURS)
+    assert {m['Config'] for m in models} == experiments
+    assert all(m['Name'] == os.path.splitext(os.path.basename(m['Config']))[0] for m in models)
+
+
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: os.path.relpath(p, os.path.join(ROOT, 'configs')))
 def test_config_builds_and_computes_a_loss(path):
     cfg = load_config(path)
@@ -44,9 +56,9 @@ def test_config_builds_and_computes_a_loss(path):
         # 64 RoIs per image instead of 512: the same heads, a fifth of the time (Cascade's 4conv1fc heads)
         stage.sampler.num = 64
     model = build_model(cfg)  # random weights: nothing is downloaded in tests
-    listed = MAMBAOUT_COMPLEXITY.get(os.path.splitext(os.path.basename(path))[0])
-    if listed is not None:  # the params that tools/analysis_tools/results_table.py and the README list
-        assert abs(sum(p.numel() for p in model.parameters()) / 1e6 - listed[0]) < 0.05
+    listed = METAFILE.ours(os.path.splitext(os.path.basename(path))[0])
+    if listed is not None:  # configs/metafile.yml's count, which the README's model zoo shows
+        assert sum(p.numel() for p in model.parameters()) == listed['Metadata']['Parameters']
     model.init_weights()
     model.train()
     # two images of other shapes: the data preprocessor pads them into one batch

@@ -12,6 +12,7 @@ import sys
 import mmcv
 import pytest
 import torch
+from conftest import tool_env
 
 from tools.misc.make_toy_data import make_toy_data
 
@@ -71,7 +72,7 @@ def edit_template(template, copy, **values):
 def run_guide_command(command, cwd):
     args = shlex.split(command)
     assert args[0] == 'python' and args[1].startswith('tools/'), command
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='2')
+    env = tool_env(OMP_NUM_THREADS='2')
     result = subprocess.run([sys.executable, os.path.join(ROOT, args[1]), *args[2:]], cwd=cwd, env=env,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, command + '\n' + result.stdout[-3000:] + result.stderr[-3000:]
@@ -97,7 +98,7 @@ def test_guide_quick_try_trains_tests_and_draws_with_custom_classes(tmp_path):
     for checkpoint, head_key, outputs_per_class in (
             (det / 'epoch_1.pth', 'roi_head.bbox_head.fc_cls.weight', len(CLASSES) + 1),  # + background
             (seg / 'iter_8.pth', 'decode_head.conv_seg.weight', len(CLASSES))):
-        state = torch.load(checkpoint, map_location='cpu')
+        state = torch.load(checkpoint, map_location='cpu', weights_only=True)
         assert tuple(state['meta']['dataset_meta']['classes']) == CLASSES
         assert state['state_dict'][head_key].shape[0] == outputs_per_class
     # mmseg's per-class IoU table of the test log names them

@@ -40,7 +40,7 @@ def train_a_few_steps(rank, out_indices, init_file, result_dir):
 @pytest.mark.parametrize('out_indices', [(0, 1, 2), (0,), (1, 3)])
 def test_ddp_trains_with_any_out_indices(tmp_path, out_indices):
     mp.spawn(train_a_few_steps, args=(out_indices, str(tmp_path / 'init'), str(tmp_path)), nprocs=WORLD_SIZE)
-    first, second = (torch.load(tmp_path / f'rank{r}.pth') for r in range(WORLD_SIZE))
+    first, second = (torch.load(tmp_path / f'rank{r}.pth', weights_only=True) for r in range(WORLD_SIZE))
     assert first.keys() == second.keys()
     for key in first:
         torch.testing.assert_close(first[key], second[key], rtol=0, atol=0, msg=key)

@@ -1,7 +1,7 @@
-"""tools/deployment/export_onnx.py: the toy segmentor end to end, a detector's backbone + neck and a backbone exported to
-ONNX, ONNX Runtime within 1e-4 of PyTorch at the export size and at other sizes with the same file, the
-checkpoint's weights in the file, the README's onnxruntime lines, and the errors (bad arguments: exit 2; a
-difference above --atol: exit 1).
+"""tools/deployment/export_onnx.py: the toy segmentor and the toy Mask R-CNN end to end, a detector's backbone +
+neck and a backbone exported to ONNX, ONNX Runtime within 1e-4 of PyTorch (the detector: mmdet's detections) at
+the export size and at other sizes with the same file, the checkpoint's weights in the file, the onnxruntime
+lines of docs/deployment.md, and the errors (bad arguments: exit 2; a difference above --atol: exit 1).
 
 The fast tests use the TorchScript exporter (about a second per export); the slow ones run the tool as users
 do, with torch's default dynamo exporter (10-20 s per export on the toy models).
@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import untrained_checkpoint
+from conftest import tool_env, untrained_checkpoint
 
 from mambaout_tools.models import build_model, load_config
 from tools.deployment import export_onnx
@@ -72,7 +72,7 @@ def test_segmentor_logits_at_input_resolution_any_size(tmp_path, capsys):
     # A third size, not a multiple of 32 (mmseg does not pad at test time), against mmseg's own inference
     # (decode head logits resized to the input) of the checkpoint's segmentor.
     segmentor = build_model(load_config(TOY_SEG)).eval()
-    segmentor.load_state_dict(torch.load(checkpoint)['state_dict'])
+    segmentor.load_state_dict(torch.load(checkpoint, weights_only=True)['state_dict'])
     inputs = torch.randn(1, 3, 72, 100)
     with torch.no_grad():
         expected = segmentor.decode_head.predict(segmentor.extract_feat(inputs), [dict(img_shape=(72, 100))],
@@ -93,7 +93,7 @@ def test_backbone_only_holds_the_checkpoint(tmp_path, capsys):
 
     # Another size and batch, against the checkpoint's backbone built here: the file has its weights.
     backbone = build_model(load_config(TOY_DET), backbone_only=True).eval()
-    weights = torch.load(checkpoint)['state_dict']
+    weights = torch.load(checkpoint, weights_only=True)['state_dict']
     backbone.load_state_dict({k[len('backbone.'):]: v for k, v in weights.items() if k.startswith('backbone.')})
     inputs = torch.randn(3, 3, 45, 77)
     with torch.no_grad():
@@ -105,12 +105,90 @@ def test_backbone_only_holds_the_checkpoint(tmp_path, capsys):
 
 def test_detector_backbone_and_neck(tmp_path, capsys):
     out = tmp_path / 'mask_rcnn.onnx'
-    result = export_onnx.main([TOY_DET, '--out', str(out), '--shape', '64', '96', *FAST])
+    result = export_onnx.main([TOY_DET, '--out', str(out), '--shape', '64', '96', '--neck-only', *FAST])
     assert result['output_names'] == [f'neck{i}' for i in range(5)]  # the FPN's five levels
     assert max(result['differences'].values()) <= ATOL
     assert 'MaskRCNN: backbone + FPN (5 feature maps)' in capsys.readouterr().out
     shapes = [o.shape for o in ort_outputs(out, torch.randn(1, 3, 128, 32))]
     assert shapes == [(1, 64, 32, 8), (1, 64, 16, 4), (1, 64, 8, 2), (1, 64, 4, 1), (1, 64, 2, 1)]
+
+
+def mmdet_predictions(detector, inputs):
+    """mmdet's own ``predict`` of ``inputs`` (one normalized image), in input pixels."""
+    from mmdet.structures import DetDataSample
+    shape = tuple(inputs.shape[2:])
+    sample = DetDataSample(metainfo=dict(img_shape=shape, ori_shape=shape, pad_shape=shape, batch_input_shape=shape,
+                                         scale_factor=(1., 1.)))
+    with torch.no_grad():
+        return detector.predict(inputs, [sample])[0].pred_instances
+
+
+@pytest.mark.slow
+def test_whole_detector_gives_mmdets_detections_at_any_size(tmp_path, capsys):
+    """The default for a detector: Mask R-CNN end to end in standard ONNX operators, its detections those of
+    mmdet's ``predict`` at the export size, at the tool's second size and at a third one run here."""
+    checkpoint = untrained_checkpoint(TOY_DET, tmp_path / 'det.pth')
+    out = tmp_path / 'mask_rcnn.onnx'
+    result = export_onnx.main([TOY_DET, '--checkpoint', checkpoint, '--out', str(out), '--shape', '64', '96', *FAST])
+    printed = capsys.readouterr().out
+    assert result['output_names'] == ['boxes', 'scores', 'labels', 'masks']
+    assert {'NonMaxSuppression', 'RoiAlign', 'TopK', 'LayerNormalization'} <= set(result['operators'])
+    assert set(result['checks']) == {(64, 96), (96, 160)}
+    for found in result['checks'].values():
+        # an untrained detector still keeps max_per_img boxes above score_thr (4 classes' softmax near 0.25)
+        assert found['count'] == found['reference_count'] > 0
+        assert found['min_iou'] >= 0.99 and found['mask_agreement'] >= 0.99
+    assert re.search(r'random 1x3x96x160: \d+ detections \(mmdet \d+\), smallest box IoU', printed)
+    assert "ok           ONNX Runtime gives mmdet's detections" in printed
+
+    detector = build_model(load_config(TOY_DET)).eval()
+    detector.load_state_dict(torch.load(checkpoint)['state_dict'])
+    inputs = torch.randn(1, 3, 160, 64)
+    expected = mmdet_predictions(detector, inputs)
+    boxes, scores, labels, masks = ort_outputs(out, inputs)
+    assert len(boxes) == len(expected) > 0 and masks.shape == (len(boxes), 28, 28)
+    assert abs(torch.from_numpy(boxes) - expected.bboxes).max() <= 1e-2
+    assert abs(torch.from_numpy(scores) - expected.scores).max() <= ATOL
+    assert (torch.from_numpy(labels) == expected.labels).all()
+
+
+def test_whole_detector_graph_steps_match_mmdets():
+    """Anchors, delta decoding and the RoI extractor's level mapping of the exported module, each against the
+    mmdet code it stands for, on a trace-free run."""
+    detector = build_model(load_config(TOY_DET)).eval()
+    module = export_onnx.TwoStageDetectorEndToEnd(detector)
+    generator = detector.rpn_head.prior_generator
+    feats = [torch.zeros(1, 1, 5, 7), torch.zeros(1, 1, 3, 4)]
+    for level, feat in enumerate(feats):
+        expected = generator.single_level_grid_priors(feat.shape[-2:], level, device='cpu')
+        torch.testing.assert_close(module.anchors(feat, level), expected)
+
+    generator_ = torch.Generator().manual_seed(0)
+    priors = torch.rand(50, 2, generator=generator_) * 80
+    priors = torch.cat([priors, priors + 1 + torch.rand(50, 2, generator=generator_) * 40], dim=1)
+    deltas = torch.randn(50, 4, generator=generator_) * 3  # large dw/dh: the wh_ratio_clip clamp acts
+    image_hw = torch.tensor([70., 90.])
+    for coder in (detector.rpn_head.bbox_coder, detector.roi_head.bbox_head.bbox_coder):
+        torch.testing.assert_close(export_onnx._decode_deltas(priors, deltas, coder, image_hw),
+                                   coder.decode(priors, deltas, max_shape=(70, 90)))
+
+    extractor = detector.roi_head.bbox_roi_extractor
+    maps = tuple(torch.randn(1, 64, 512 // s, 512 // s, generator=generator_) for s in (4, 8, 16, 32))
+    boxes = torch.tensor([[5., 5., 30., 40.], [10., 10., 160., 160.], [0., 0., 300., 400.], [0., 0., 500., 500.]])
+    rois = torch.cat([torch.zeros(4, 1), boxes], dim=1)
+    assert extractor.map_roi_levels(rois, 4).tolist() == [0, 1, 2, 3]  # one box on each level
+    torch.testing.assert_close(module.roi_features(extractor, maps, boxes), extractor(maps, rois))
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--backbone-only', '--neck-only'], '--backbone-only and --neck-only exclude each other'),
+    (['--neck-only', '--test-set'], '--test-set compares a whole detector'),
+])
+def test_bad_detector_arguments_exit_2(args, message, capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        export_onnx.parse_args([TOY_DET, '--out', 'x.onnx', *args])
+    assert excinfo.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_difference_above_atol_exits_1(tmp_path, monkeypatch, capsys):
@@ -148,6 +226,7 @@ def test_checkpoint_of_another_model_is_one_error(tmp_path):
     ([TOY_SEG, '--out', 'x.onnx', '--shape', '64'], 'expected 2 arguments'),
     ([TOY_SEG, '--out', 'x.onnx', '--atol', '-1'], 'must be a number >= 0, got -1'),
     ([TOY_SEG, '--out', 'x.onnx', '--opset', '11'], 'invalid choice: 11'),
+    ([TOY_SEG, '--out', 'x.onnx', '--neck-only'], '--neck-only is for mmdet detectors'),
     ([TOY_SEG, '--out', 'x.onnx', '--checkpoint', 'no.pth'], '--checkpoint: file not found: no.pth'),
     ([TOY_SEG, '--out', ROOT], '--out names a folder'),
     ([TOY_SEG], 'the following arguments are required: --out'),
@@ -159,14 +238,42 @@ def test_bad_arguments_exit_2(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
+# A torch without the dynamo exporter exports with TorchScript whatever --exporter says, so onnxscript is not
+# needed there.
+@pytest.mark.parametrize('unimportable, exporter, message', [
+    (['onnxscript'], 'dynamo', 'error: onnxscript not installed: pip install onnxscript (or --exporter torchscript, '
+                               'which does not use onnxscript)' if export_onnx.HAS_DYNAMO_EXPORTER else None),
+    (['onnxscript'], 'torchscript', None),  # not needed there
+    (['onnxruntime'], 'torchscript', 'error: onnxruntime not installed: pip install onnxruntime; tested versions'),
+    (['onnx', 'onnxscript'], 'dynamo',
+     'error: onnx, onnxscript not installed: pip install onnx onnxscript; tested' if export_onnx.HAS_DYNAMO_EXPORTER
+     else 'error: onnx not installed: pip install onnx; tested'),
+])
+def test_missing_onnx_package_is_one_line_with_its_pip_install(unimportable, exporter, message, tmp_path,
+                                                                monkeypatch):
+    for name in unimportable:
+        monkeypatch.setitem(sys.modules, name, None)  # `import name` raises ImportError
+    # Before anything is built: a model that cannot be built shows that nothing is.
+    monkeypatch.setattr(export_onnx, 'build_model', lambda cfg: pytest.fail('model built'))
+    if message is None:
+        with pytest.raises(pytest.fail.Exception, match='model built'):
+            export_onnx.main([TOY_SEG, '--out', str(tmp_path / 'x.onnx'), '--exporter', exporter])
+        return
+    with pytest.raises(SystemExit) as excinfo:
+        export_onnx.main([TOY_SEG, '--out', str(tmp_path / 'x.onnx'), '--exporter', exporter])
+    assert str(excinfo.value.code).startswith(message)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('config, outputs', [(TOY_SEG, 'logits'), (TOY_DET, 'neck0, neck1, neck2, neck3, neck4')])
-def test_tool_with_default_exporter(config, outputs, tmp_path):
+@pytest.mark.skipif(not export_onnx.HAS_DYNAMO_EXPORTER, reason=export_onnx.NO_DYNAMO_EXPORTER)
+@pytest.mark.parametrize('config, options, outputs', [(TOY_SEG, [], 'logits'),
+                                                      (TOY_DET, ['--neck-only'], 'neck0, neck1, neck2, neck3, neck4')])
+def test_tool_with_default_exporter(config, options, outputs, tmp_path):
     """As users run it: a process, torch's default (dynamo) exporter; the file then runs at a third size."""
     out = tmp_path / 'model.onnx'
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    env = tool_env(OMP_NUM_THREADS='1')
     run = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'deployment', 'export_onnx.py'), config, '--out', str(out),
-                          '--shape', '64', '64', '--runs', '1'], cwd=tmp_path, env=env, capture_output=True,
+                          '--shape', '64', '64', '--runs', '1', *options], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert 'exporter dynamo' in run.stdout and f'outputs      {outputs}\n' in run.stdout
@@ -176,6 +283,18 @@ def test_tool_with_default_exporter(config, outputs, tmp_path):
     assert re.search(r'PyTorch +\d+\.\d ms/img +ONNX Runtime +\d+\.\d ms/img', run.stdout)
     got = ort_outputs(out, torch.randn(2, 3, 96, 32))
     assert got[0].shape[0] == 2 and got[0].shape[-2:] == ((96, 32) if config == TOY_SEG else (24, 8))
+
+
+@pytest.mark.skipif(export_onnx.HAS_DYNAMO_EXPORTER, reason=f'torch {torch.__version__} has the dynamo exporter')
+def test_dynamo_exporter_on_a_torch_without_it_takes_torchscript(capsys):
+    args = export_onnx.parse_args([TOY_SEG, '--out', 'x.onnx', '--exporter', 'dynamo'])
+    assert args.exporter == 'torchscript'
+    assert capsys.readouterr().err == (f'note: torch {torch.__version__} has no dynamo ONNX exporter '
+                                       '(torch.onnx.export(dynamo=True), torch >= 2.6); exporting with the '
+                                       'TorchScript exporter\n')
+    assert export_onnx.parse_args([TOY_SEG, '--out', 'x.onnx']).exporter == 'torchscript'  # the default there
+    with pytest.raises(ValueError, match="no dynamo ONNX exporter .*use exporter='torchscript'"):
+        export_onnx.export_onnx(torch.nn.Identity(), torch.randn(1, 3, 32, 32), 'x.onnx', ['y'], exporter='dynamo')
 
 
 @pytest.mark.filterwarnings('ignore::torch.jit.TracerWarning')  # the int() below is the point
@@ -189,23 +308,23 @@ def test_graph_that_kept_the_example_size_is_one_error(tmp_path):
 
     path = str(tmp_path / 'flatten.onnx')
     export_onnx.export_onnx(Flatten(), torch.randn(1, 3, 32, 32), path, ['flat'], exporter='torchscript')
-    session = export_onnx.onnxruntime_session(path)
-    assert export_onnx.max_abs_differences(Flatten(), session, torch.randn(1, 3, 32, 32), ['flat']) == {'flat': 0.}
+    ort_session = export_onnx.onnxruntime_session(path)
+    assert export_onnx.max_abs_differences(Flatten(), ort_session, torch.randn(1, 3, 32, 32), ['flat']) == {'flat': 0.}
     with pytest.raises(RuntimeError, match=r'ONNX Runtime fails on an input of shape \(1, 3, 64, 32\): .*Reshape'):
-        export_onnx.max_abs_differences(Flatten(), session, torch.randn(1, 3, 64, 32), ['flat'])
+        export_onnx.max_abs_differences(Flatten(), ort_session, torch.randn(1, 3, 64, 32), ['flat'])
 
 
-def readme_onnxruntime_snippet():
-    """The README's five lines of onnxruntime Python (section "Deployment: ONNX")."""
-    with open(osp.join(ROOT, 'README.md')) as f:
-        readme = f.read()
-    section = readme.split('**Run it with ONNX Runtime**')[1]
+def docs_onnxruntime_snippet():
+    """The five lines of onnxruntime Python of docs/deployment.md ("Run it with ONNX Runtime")."""
+    with open(osp.join(ROOT, 'docs', 'deployment.md')) as f:
+        page = f.read()
+    section = page.split('**Run it with ONNX Runtime**')[1]
     return section.split('```python\n')[1].split('```')[0]
 
 
-def test_readme_onnxruntime_snippet_gives_mmsegs_label_map(tmp_path):
-    """The README's snippet, run as written on an exported toy segmentor and an image, gives the label map of
-    mmseg's own inference (``mmseg.apis.inference_model``) of the same checkpoint."""
+def test_docs_onnxruntime_snippet_gives_mmsegs_label_map(tmp_path):
+    """The snippet of docs/deployment.md, run as written on an exported toy segmentor and an image, gives the
+    label map of mmseg's own inference (``mmseg.apis.inference_model``) of the same checkpoint."""
     import cv2
     import numpy as np
     from mmseg.apis import inference_model, init_model
@@ -217,7 +336,7 @@ def test_readme_onnxruntime_snippet_gives_mmsegs_label_map(tmp_path):
     image = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
     cv2.imwrite(str(tmp_path / 'demo.jpg'), image)
 
-    snippet = readme_onnxruntime_snippet()
+    snippet = docs_onnxruntime_snippet()
     assert len(snippet.strip().splitlines()) == 5
     namespace = {}
     cwd = os.getcwd()

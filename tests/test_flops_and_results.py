@@ -1,5 +1,6 @@
-"""tools/analysis_tools/get_flops.py on paper configs (small input) and tools/analysis_tools/results_table.py on work dirs made here by
-tools/test.py (toy data, randomly initialised toy checkpoints), plus its parsing and error paths.
+"""tools/analysis_tools/get_flops.py on paper configs (small input; Mask R-CNN-T also at 1280x800, against
+configs/metafile.yml) and tools/analysis_tools/results_table.py on work dirs made here by tools/test.py (toy data,
+randomly initialised toy checkpoints), plus its parsing, its metafile reading and error paths.
 
 The slow parts are subprocesses started once per module, two at a time (one thread each, 2 CPU cores).
 """
@@ -12,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import untrained_checkpoint
+from conftest import tool_env, untrained_checkpoint
 from mambaout_tools.models import build_model, load_config
 from tools.analysis_tools import results_table
 from tools.misc.make_toy_data import make_toy_data
@@ -29,9 +30,7 @@ SHAPE = ('256', '256')
 
 
 def _env():
-    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
-    env['PYTHONPATH'] = os.pathsep.join([ROOT] + [p for p in [os.environ.get('PYTHONPATH')] if p])
-    return env
+    return tool_env(OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
 
 
 def _run(args, cwd=ROOT, timeout=900):
@@ -50,7 +49,8 @@ def jobs(tmp_path_factory):
     root = tmp_path_factory.mktemp('flops_results')
     data = make_toy_data(str(root / 'data' / 'toy'), num_train=1, num_val=4)
     pool = ThreadPoolExecutor(max_workers=2)
-    futures = {'flops_det': pool.submit(_run, [os.path.join(TOOLS, 'analysis_tools', 'get_flops.py'), DET_CONFIG, '--shape', *SHAPE])}
+    get_flops = os.path.join(TOOLS, 'analysis_tools', 'get_flops.py')
+    futures = {'flops_det': pool.submit(_run, [get_flops, DET_CONFIG, '--shape', *SHAPE])}
     det_ckpt, seg_ckpt = str(root / 'det.pth'), str(root / 'seg.pth')
     untrained_checkpoint(TOY_DET, det_ckpt)
     untrained_checkpoint(TOY_SEG, seg_ckpt)
@@ -68,9 +68,10 @@ def jobs(tmp_path_factory):
     futures['test_seg'] = pool.submit(_run, [test, TOY_SEG, seg_ckpt, '--work-dir', seg_wd, *seg_opts], str(root))
     futures['test_seg_tta'] = pool.submit(
         _run, [test, TOY_SEG, seg_ckpt, '--work-dir', seg_wd, '--tta', *seg_opts], str(root))
-    futures['flops_seg'] = pool.submit(_run, [os.path.join(TOOLS, 'analysis_tools', 'get_flops.py'), SEG_CONFIG, '--shape', *SHAPE])
-    futures['flops_cascade'] = pool.submit(
-        _run, [os.path.join(TOOLS, 'analysis_tools', 'get_flops.py'), CASCADE_CONFIG, '--shape', *SHAPE])
+    # at the default 1280x800: the numbers configs/metafile.yml lists
+    futures['flops_det_full'] = pool.submit(_run, [get_flops, DET_CONFIG])
+    futures['flops_seg'] = pool.submit(_run, [get_flops, SEG_CONFIG, '--shape', *SHAPE])
+    futures['flops_cascade'] = pool.submit(_run, [get_flops, CASCADE_CONFIG, '--shape', *SHAPE])
     yield dict(futures=futures, det_wd=det_wd, seg_wd=seg_wd, root=root)
     pool.shutdown(wait=True, cancel_futures=True)
 
@@ -110,10 +111,16 @@ def test_get_flops_paper_config_small_shape(jobs, key, config):
 
 
 @pytest.mark.slow
-def test_get_flops_backbone_params_of_mask_rcnn_tiny_full_size(jobs):
-    out = _parse_flops(_check(jobs['futures']['flops_det'].result()).stdout)
-    assert abs(out['backbone_m'] - 22.9) <= 0.1  # MambaOut-T with its 4 output norms (README)
-    assert abs(out['params_m'] - 43.1) <= 0.1  # the paper's "43 M"
+def test_get_flops_of_mask_rcnn_tiny_full_size_is_the_metafiles(jobs):
+    """What get_flops.py prints at its default shape is what configs/metafile.yml (and the README's model zoo) say:
+    params to the parameter, FLOPs to the printed 0.1 G, the backbone that of the ImageNet-1k tiny entry."""
+    out = _parse_flops(_check(jobs['futures']['flops_det_full'].result()).stdout)
+    assert out['shape'] == (1280, 800)  # as get_flops.py prints it: 1280x800
+    metafile = results_table.Metafile()
+    listed = metafile.ours('mask_rcnn_mambaout_t_1x')['Metadata']
+    assert out['params'] == listed['Parameters']
+    assert f"{out['flops_g']:.1f}" == f"{listed['FLOPs'] / 1e9:.1f}"
+    assert f"{out['backbone_m']:.2f}" == f"{metafile.by_name['mambaout_tiny']['Metadata']['Parameters'] / 1e6:.2f}"
 
 
 @pytest.mark.slow
@@ -247,16 +254,16 @@ def test_results_table_puts_3x_runs_beside_swin_and_convnext(tmp_path, capsys):
     assert main['cascade_mask_rcnn_mambaout_t_3x_ms'][1:7] == ['50.10', '-', '', '43.60', '-', '']
     peers, notes = _peer_table(out)
     run, = peers['cascade_mask_rcnn_mambaout_t_3x_ms']
-    params, flops = results_table.MAMBAOUT_COMPLEXITY['cascade_mask_rcnn_mambaout_t_3x_ms']
-    assert run[:5] == ['Cascade Mask R-CNN 3x', f'{params:.1f}', f'{flops:.1f}', '50.10', '43.60']
+    # params and FLOPs as configs/metafile.yml has them (tools/analysis_tools/get_flops.py's count)
+    assert run[:5] == ['Cascade Mask R-CNN 3x', '80.97', '741.0', '50.10', '43.60']
     # the authors' tables: Swin [1] and ConvNeXt [2]; mmdet's own run of the inherited config [3]
     assert peers['Swin-T'] == [['Cascade Mask R-CNN 3x', '86', '745', '50.4', '43.7', '[1]']]
-    assert peers['ConvNeXt-T'] == [['Cascade Mask R-CNN 3x', '86', '741', '50.4', '43.7', '[2]']]
-    assert peers['ConvNeXt-T (mmdet)'] == [['Cascade Mask R-CNN 3x', '', '', '50.3', '43.6', '[3]']]
+    assert peers['ConvNeXt-T'] == [['Cascade Mask R-CNN 3x', '86', '741', '50.4', '43.7', '[2]'],
+                                   ['Cascade Mask R-CNN 3x', '', '', '50.3', '43.6', '[3]']]
     assert 'Swin-Transformer-Object-Detection' in notes[0] and 'facebookresearch/ConvNeXt' in notes[1]
     assert 'metafile.yml' in notes[2]
     # Mask R-CNN 3x with Swin-B / ConvNeXt-B was never published: empty cells and a footnote saying so
-    assert peers['mask_rcnn_mambaout_b_3x_ms'][0][3:5] == ['48.10', '43.10']
+    assert peers['mask_rcnn_mambaout_b_3x_ms'][0][1:5] == ['99.70', '494.9', '48.10', '43.10']
     assert peers['Swin-B'] == peers['ConvNeXt-B'] == [['Mask R-CNN 3x', '', '', '', '', '[4]']]
     assert notes[3].startswith('[4] not published')
     assert len(notes) == 4
@@ -271,7 +278,8 @@ def test_results_table_without_3x_runs_prints_no_peer_table(tmp_path, capsys):
 
 def test_published_mmdet_numbers_are_those_of_the_installed_metafiles():
     """Every 36-epoch Swin/ConvNeXt Mask R-CNN and Cascade result in mmdet's metafiles (the amp configs ours
-    inherit) is a PEERS row with its box and mask AP, and no other 'mmdet' row exists."""
+    inherit) is an entry of our metafile's 'mmdet 3.3' collection, with its name, backbone, box and mask AP, and
+    no other entry is there."""
     import mmdet
     import yaml
     configs = os.path.join(os.path.dirname(mmdet.__file__), '.mim', 'configs')
@@ -285,8 +293,24 @@ def test_published_mmdet_numbers_are_those_of_the_installed_metafiles():
             if match is None or model['Metadata']['Epochs'] != 36:
                 continue
             aps = {r['Task']: next(iter(r['Metrics'].values())) for r in model['Results']}
-            expected.add((match.group(1).replace('-', '_'), match.group(2), f'{name}-{match.group(2).upper()}',
-                          aps['Object Detection'], aps['Instance Segmentation']))
-    listed = {(recipe, size, p.backbone, p.box_ap, p.mask_ap) for recipe, sizes in results_table.PEERS.items()
-              for size, peers in sizes.items() for p in peers if p.source == 'mmdet'}
+            expected.add((model['Name'], f'{name}-{match.group(2).upper()}', aps['Object Detection'],
+                          aps['Instance Segmentation']))
+    metafile = results_table.Metafile()
+    listed = {(m['Name'], results_table.backbone_of(m), *(results_table.metrics_of(m)[k] for k in ('APb', 'APm')))
+              for m in metafile.of('mmdet 3.3')}
     assert len(expected) == 5 and listed == expected
+    assert all(results_table.recipe_of(m)[1] == 36 for m in metafile.of('mmdet 3.3'))
+
+
+@pytest.mark.parametrize('argv', [[], ['work_dirs/x', '--table', 'zoo']])
+def test_results_table_wants_work_dirs_or_a_table(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        results_table.parse_args(argv)
+    assert exit_info.value.code == 2
+    assert 'give WORK_DIR... or --table NAME (one of the two)' in capsys.readouterr().err
+
+
+def test_results_table_without_its_metafile_is_one_error(tmp_path, capsys):
+    assert results_table.main(['--table', 'zoo', '--metafile', str(tmp_path / 'none.yml')]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('error: cannot read the model index ') and 'none.yml' in err

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import tool_env
 
 from tools.maintainers.gpu_report import Step, build_steps, parse_ratios, run_report, target_rows
 from tools.maintainers import runner_check
@@ -21,7 +22,7 @@ NUMBER = r'[0-9]+\.[0-9]+'
 
 
 def run_script(*args, timeout=600):
-    env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=ROOT)
+    env = tool_env(PYTHON=sys.executable)
     return subprocess.run(['bash', SCRIPT, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -81,7 +82,7 @@ def test_failing_step_is_recorded_and_the_exit_status_is_nonzero(tmp_path, capsy
 def test_unknown_step_name_is_refused():
     result = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'maintainers', 'gpu_report.py'), '--steps',
                              'backbone,nope', 'out'], cwd=ROOT, capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONPATH=ROOT))
+                            env=tool_env())
     assert result.returncode == 2
     assert 'unknown step(s) nope' in result.stderr and 'runner-det' in result.stderr
 

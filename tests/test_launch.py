@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 from PIL import Image
+from conftest import tool_env
 
 from tools.misc.make_toy_data import make_toy_data
 
@@ -29,7 +30,7 @@ def toy_dir(tmp_path_factory):
 
 
 def run(args, cwd, nproc=None, timeout=600):
-    env = dict(os.environ, PYTHONPATH=ROOT, PYTHON=sys.executable, OMP_NUM_THREADS='1',
+    env = tool_env(PYTHON=sys.executable, OMP_NUM_THREADS='1',
                PORT=str(29500 + os.getpid() % 1000))
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     return result
@@ -65,7 +66,7 @@ def test_dist_train_and_dist_test_with_two_cpu_processes(toy_dir):
 
 
 def final_weights(work_dir, name):
-    state = torch.load(work_dir / name, map_location='cpu', weights_only=False)['state_dict']
+    state = torch.load(work_dir / name, map_location='cpu', weights_only=True)['state_dict']
     return {k: v for k, v in state.items() if v.is_floating_point()}
 
 

@@ -1,6 +1,7 @@
 """Layer-wise learning-rate decay (MambaOutLearningRateDecayOptimizerConstructor) through mmengine's
 build_optim_wrapper, as a config's ``optim_wrapper`` reaches it, in mmdet and in mmseg."""
 import argparse
+import os
 import re
 
 import pytest
@@ -65,6 +66,92 @@ def test_lr_of_every_group_follows_its_layer(scope, decay_type, num_layers, expe
     assert stem['lr'] == pytest.approx(BASE_LR * rate ** (expected_num_layers + 1))
 
 
+# mmdet's ConvNeXt-S Cascade Mask R-CNN 3x (configs/convnext/cascade-mask-rcnn_convnext-s-p4-w7_fpn_4conv1fc-giou_
+# amp-ms-crop-3x_coco.py): no weight-decay keys of mmengine's, ConvNeXt's constructor decides alone.
+CONVNEXT_PARAMWISE = dict(decay_rate=0.7, decay_type='layer_wise', num_layers=12)
+# The toy's femto with LayerScale (as timm's _rw variants have it), so that 1-D parameters other than biases and
+# norms are there too.
+WITH_LAYER_SCALE = dict(depths=DEPTHS, dims=(48, 96, 192, 288), ls_init_value=1e-6)
+
+
+def toy_model_with_layer_scale(scope):
+    cfg = load_config(TOY[scope])
+    cfg.model.backbone.arch = WITH_LAYER_SCALE
+    return build_model(cfg)
+
+
+def convnext_weight_decay(model, paramwise_cfg):
+    """Weight decay of each parameter as mmdet's ConvNeXt ``LearningRateDecayOptimizerConstructor`` gives it, run
+    on ``model``. Its rule does not depend on the layer ids, which it computes for backbones whose class name says
+    ConvNeXt only: run it under such a name, stage_wise (the ids it gives MambaOut's names with stage_wise do not
+    matter here; its layer_wise ones need ConvNeXt's names)."""
+    from mmdet.engine.optimizers import LearningRateDecayOptimizerConstructor
+    backbone = model.backbone
+    mambaout_class = type(backbone)
+    backbone.__class__ = type('ConvNeXtNamedMambaOut', (mambaout_class,), {})
+    try:
+        constructor = LearningRateDecayOptimizerConstructor(
+            dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=BASE_LR, weight_decay=BASE_WD)),
+            dict(paramwise_cfg, decay_type='stage_wise'))
+        groups = []
+        constructor.add_params(groups, model)
+    finally:
+        backbone.__class__ = mambaout_class
+    return {name: group['weight_decay'] for group in groups for name in group['param_names']}
+
+
+@pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
+def test_convnext_paramwise_cfg_decays_weights_as_convnext_does(scope):
+    """ConvNeXt's own paramwise_cfg: no weight decay on 1-D parameters (biases, norms, LayerScale gamma) and the
+    lr scale of each parameter's layer, as mmdet's ConvNeXt constructor gives them."""
+    model = toy_model_with_layer_scale(scope)
+    cfg = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=BASE_LR, weight_decay=BASE_WD),
+               constructor='MambaOutLearningRateDecayOptimizerConstructor', paramwise_cfg=CONVNEXT_PARAMWISE)
+    groups = build_optim_wrapper(model, cfg).optimizer.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    weight_decay = {names[id(p)]: group['weight_decay'] for group in groups for p in group['params']}
+    lr_scale = {names[id(p)]: group['lr_scale'] for group in groups for p in group['params']}
+    assert weight_decay == convnext_weight_decay(model, CONVNEXT_PARAMWISE)
+    rate, num_layers = CONVNEXT_PARAMWISE['decay_rate'], CONVNEXT_PARAMWISE['num_layers']
+    assert lr_scale == pytest.approx({name: rate ** (num_layers + 1 - expected_layer_id(name, 'layer_wise', num_layers))
+                                      for name in names.values()})
+    no_decay = {name for name, decay in weight_decay.items() if decay == 0}
+    assert no_decay == {name for name, p in model.named_parameters() if p.ndim == 1 or name.endswith('.bias')}
+    assert {'backbone.stages.0.blocks.0.ls.gamma', 'backbone.stages.0.blocks.0.norm.weight'} <= no_decay
+    assert weight_decay['backbone.stages.0.blocks.0.fc1.weight'] == BASE_WD
+
+
+@pytest.mark.parametrize('given, decayed', [
+    (dict(norm_decay_mult=1.), {'backbone.stages.0.blocks.0.norm.weight', 'backbone.stages.0.blocks.0.norm.bias'}),
+    (dict(bias_decay_mult=1.), {f'backbone.stages.0.blocks.0.{layer}.bias' for layer in ('conv', 'fc1', 'fc2')}),
+    (dict(flat_decay_mult=1.), {'backbone.stages.0.blocks.0.ls.gamma'}),
+    (dict(custom_keys={'.ls.gamma': dict(decay_mult=1.)}), {'backbone.stages.0.blocks.0.ls.gamma'}),
+])
+def test_mmengine_decay_keys_say_otherwise(given, decayed):
+    """Each of mmengine's weight-decay keys, when given, decides for its kind of 1-D parameter; the others keep
+    none."""
+    model = toy_model_with_layer_scale('mmdet')
+    cfg = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=BASE_LR, weight_decay=BASE_WD),
+               constructor='MambaOutLearningRateDecayOptimizerConstructor',
+               paramwise_cfg=dict(CONVNEXT_PARAMWISE, **given))
+    groups = build_optim_wrapper(model, cfg).optimizer.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay = {names[id(p)]: group['weight_decay'] for group in groups for p in group['params']}
+    block = {name: value for name, value in decay.items() if name.startswith('backbone.stages.0.blocks.0.')
+             and (name.endswith(('.bias', '.gamma')) or '.norm.' in name)}
+    assert {name for name, value in block.items() if value == BASE_WD} == decayed
+    assert all(block[name] == 0 for name in set(block) - decayed)
+
+
+def test_optimizer_without_weight_decay_builds():
+    """SGD without weight decay: no decay keys are set for it (mmengine refuses them without a weight decay)."""
+    model = build_model(load_config(TOY['mmdet']))
+    cfg = dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=BASE_LR),
+               constructor='MambaOutLearningRateDecayOptimizerConstructor', paramwise_cfg=CONVNEXT_PARAMWISE)
+    groups = build_optim_wrapper(model, cfg).optimizer.param_groups
+    assert {group['weight_decay'] for group in groups} == {0}  # SGD's default
+
+
 def test_decay_rate_one_is_the_plain_optimizer():
     _, wrapper = optim_wrapper('mmdet', decay_rate=1.0)
     assert {group['lr'] for group in wrapper.optimizer.param_groups} == {BASE_LR}
@@ -108,12 +195,14 @@ def test_example_config_decays_as_documented():
     assert lr_of['backbone.stages.0.blocks.0.norm.weight'] == pytest.approx(lr * 0.9 ** 12)
     norm_group = next(g for g in groups if g['params'][0] is model.backbone.stages[0].blocks[0].norm.weight)
     assert norm_group['weight_decay'] == 0  # the paper recipe's weight-decay rules are kept
+    weight_decay = cfg.optim_wrapper.optimizer.weight_decay
+    assert all(group['weight_decay'] == (0 if group['params'][0].ndim == 1 else weight_decay) for group in groups)
 
 
-def test_readme_convnext_cascade_options_on_the_cascade_config():
-    """The README's ``--cfg-options`` for ConvNeXt-T's Cascade values (section "Longer schedules"), merged into
+def test_docs_convnext_cascade_options_on_the_cascade_config():
+    """The ``--cfg-options`` of docs/schedules.md for ConvNeXt-T's Cascade values ("Longer schedules"), merged into
     the Cascade config as ``tools/train.py`` merges them: eight lr levels, 2e-4 * 0.7 ** (7 - layer_id)."""
-    with open('README.md') as f:
+    with open(os.path.join('docs', 'schedules.md')) as f:
         line = re.search(r'`--cfg-options (optim_wrapper\.constructor=MambaOut[^`]*)`', f.read()).group(1)
     parser = argparse.ArgumentParser()
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)  # as tools/train.py and mmdet's train.py

@@ -1,6 +1,6 @@
 """The user's own OpenMMLab workflow: the scripts shipped inside the installed mmdet and mmseg packages
 (``<site-packages>/mmdet/.mim/tools/{train,test}.py``, what ``mim`` runs) train, test and resume with
-our configs, under torch's weights-only ``torch.load`` default, on a small generated toy set.
+our configs, on checkpoints that torch's weights-only ``torch.load`` reads, on a small generated toy set.
 
 The plugins are found as users find them, through the editable install of this repository (no
 PYTHONPATH). Every result is compared with what our own tools compute on the same checkpoint.
@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from backbones.training_checkpoint import LOG_SCALARS_KEY, restore_runner_state
+from backbones.training_checkpoint import LOG_SCALARS_KEY
 from tools.misc.make_toy_data import make_toy_data
 
 pytestmark = pytest.mark.slow  # trainings through mmdet's/mmseg's installed scripts
@@ -36,7 +36,11 @@ def stock_script(library, name):
 
 
 def run(args, cwd):
+    # This repository off PYTHONPATH (the plugins are found through its editable install); any other entry stays.
+    path = [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p and os.path.abspath(p) != ROOT]
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    if path:
+        env['PYTHONPATH'] = os.pathsep.join(path)
     result = subprocess.run([sys.executable, *args], cwd=cwd, env=dict(env, OMP_NUM_THREADS='1'),
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -57,7 +61,7 @@ def our_test_metrics(config, checkpoint, work_dir, cwd, *options):
 
 
 def trained_weights(path):
-    return {k: v for k, v in torch.load(path)['state_dict'].items() if v.is_floating_point()}
+    return {k: v for k, v in torch.load(path, weights_only=True)['state_dict'].items() if v.is_floating_point()}
 
 
 def assert_same_weights(got, expected):
@@ -88,7 +92,7 @@ def stock_segmentor(toy_dir):
 
 def test_training_checkpoints_load_weights_only(stock_segmentor):
     stock, _, _ = stock_segmentor
-    checkpoint = torch.load(stock / 'iter_3.pth')  # torch's default: weights_only=True
+    checkpoint = torch.load(stock / 'iter_3.pth', weights_only=True)  # torch's default from 2.6 on
     assert isinstance(checkpoint['message_hub']['runtime_info']['best_score'], float)  # was a numpy float32
     assert len(checkpoint[LOG_SCALARS_KEY]['train/loss']['log_history']) == 3
 
@@ -98,7 +102,7 @@ def test_stock_mmseg_resume_continues_exactly_as_a_straight_run(stock_segmentor)
     assert 'resumed epoch: 0, iter: 3' in resumed_log
     assert_same_weights(trained_weights(stock / 'iter_6.pth'), trained_weights(ours / 'iter_6.pth'))
     # The runner state too: the resumed run's loss and lr history holds the 3 restored iterations.
-    resumed, straight = (torch.load(path)[LOG_SCALARS_KEY] for path in (stock / 'iter_6.pth', ours / 'iter_6.pth'))
+    resumed, straight = (torch.load(path, weights_only=True)[LOG_SCALARS_KEY] for path in (stock / 'iter_6.pth', ours / 'iter_6.pth'))
     for key in ('train/loss', 'train/lr'):
         assert len(resumed[key]['log_history']) == 6
         torch.testing.assert_close(resumed[key]['log_history'], straight[key]['log_history'], rtol=0, atol=1e-6)
@@ -127,26 +131,6 @@ def test_stock_mmseg_load_from_starts_from_the_checkpoint(stock_segmentor, toy_d
                         {k: v for k, v in loaded.items() if k.startswith('backbone.')})
 
 
-def test_checkpoints_from_before_the_change_still_load_in_our_tools_and_nowhere_else(stock_segmentor, toy_dir):
-    stock, ours, _ = stock_segmentor
-    # The old format: mmengine's HistoryBuffers and numpy scalars pickled as they are.
-    old = restore_runner_state(torch.load(stock / 'iter_3.pth'))
-    old['message_hub']['runtime_info']['best_score'] = torch.tensor(1.).numpy()[()]
-    old_path = toy_dir / 'seg_old_format.pth'
-    torch.save(old, old_path)
-    import mmseg_plugin  # noqa: F401  (importing a plugin must not widen what weights-only loading accepts)
-    with pytest.raises(Exception, match='Weights only load failed'):
-        torch.load(old_path)
-
-    work_dir = toy_dir / 'seg_old_resumed'
-    run([os.path.join(ROOT, 'tools', 'train.py'), SEG, '--work-dir', str(work_dir), '--resume', str(old_path),
-         '--cfg-options', *DETERMINISTIC_SEG, 'train_cfg.max_iters=6'], toy_dir)
-    assert_same_weights(trained_weights(work_dir / 'iter_6.pth'), trained_weights(ours / 'iter_6.pth'))
-    metrics = our_test_metrics(SEG, old_path, toy_dir / 'seg_old_test', toy_dir)
-    assert metrics['mIoU'] == pytest.approx(our_test_metrics(SEG, stock / 'iter_3.pth', toy_dir / 'seg_new_test',
-                                                             toy_dir)['mIoU'], abs=0.01)
-
-
 def test_stock_mmdet_train_test_and_resume(toy_dir):
     work_dir = toy_dir / 'det_stock'
     common = ['--work-dir', str(work_dir), '--cfg-options', 'train_cfg.val_interval=100']
@@ -163,7 +147,7 @@ def test_stock_mmdet_train_test_and_resume(toy_dir):
 
 
 def test_mim_trains_and_tests_with_our_configs(toy_dir):
-    """The README's mim commands, with the toy config."""
+    """The mim commands of docs/train_test.md, with the toy config."""
     work_dir = toy_dir / 'seg_mim'
     run(['-m', 'mim', 'train', 'mmseg', SEG, '--work-dir', str(work_dir), '--cfg-options', 'train_cfg.max_iters=2',
          'default_hooks.checkpoint.interval=2', 'train_cfg.val_interval=100'], toy_dir)

@@ -1,14 +1,16 @@
 """The embedded default really learns: after the toy schedule the metrics are far above an untrained
-model's, and four CPU processes (gloo) reach the metrics of one process with the same total batch.
+model's, four CPU processes (gloo) reach the metrics of one process with the same total batch, and the trained
+detector exported to ONNX end to end keeps its mAP.
 
 These are the slowest tests (several minutes on 2 cores): each trains a model end to end."""
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
-from conftest import untrained_checkpoint
+from conftest import tool_env, untrained_checkpoint
 
 from tools.misc.make_toy_data import make_toy_data
 
@@ -18,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 DET = os.path.join(ROOT, 'configs', 'toy', 'mask_rcnn_mambaout_toy.py')
 SEG = os.path.join(ROOT, 'configs', 'toy', 'upernet_mambaout_toy.py')
-# Thresholds, set well below what the toy schedule reaches (README, "The embedded default") and far
+# Thresholds, set well below what the toy schedule reaches (docs/demo.md, "What it reaches") and far
 # above an untrained model (bbox/segm mAP about 0.00, mIoU about 20 by chance on 3 classes).
 DET_MIN_BBOX_MAP, DET_MIN_SEGM_MAP, UNTRAINED_MAX_MAP = 0.30, 0.30, 0.05
 SEG_MIN_MIOU, UNTRAINED_MAX_MIOU = 60.0, 40.0
@@ -35,7 +37,7 @@ def toy_dir(tmp_path_factory):
 
 
 def run(args, cwd):
-    env = dict(os.environ, PYTHONPATH=ROOT, PYTHON=sys.executable, PORT=str(29600 + os.getpid() % 1000))
+    env = tool_env(PYTHON=sys.executable, PORT=str(29600 + os.getpid() % 1000))
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -70,6 +72,24 @@ def test_detector_learns(toy_dir, detector_one_process):
     assert untrained['coco/bbox_mAP'] <= UNTRAINED_MAX_MAP
     assert trained['coco/bbox_mAP'] >= DET_MIN_BBOX_MAP, trained
     assert trained['coco/segm_mAP'] >= DET_MIN_SEGM_MAP, trained
+
+
+def test_detector_exported_end_to_end_keeps_its_map(toy_dir, detector_one_process):
+    """The trained toy Mask R-CNN exported whole (tools/deployment/export_onnx.py, torch's default exporter):
+    ONNX Runtime's bbox and segm mAP on the toy validation set within 0.01 of mmdet's, as the tool checks and
+    prints them, next to its random-image checks."""
+    checkpoint = (toy_dir / 'det_1p' / 'last_checkpoint').read_text().strip()
+    result = run([sys.executable, os.path.join(ROOT, 'tools', 'deployment', 'export_onnx.py'), DET, '--checkpoint',
+                  checkpoint, '--out', str(toy_dir / 'det_1p' / 'mask_rcnn.onnx'), '--shape', '128', '128',
+                  '--test-set', '--runs', '1'], toy_dir)
+    found = {key: (float(torch_map), float(ort_map)) for key, torch_map, ort_map in re.findall(
+        r'test set +coco/(\w+_mAP): PyTorch (\d\.\d+) +ONNX Runtime (\d\.\d+)', result.stdout)}
+    assert set(found) == {'bbox_mAP', 'segm_mAP'}, result.stdout[-3000:]
+    for key, (torch_map, ort_map) in found.items():
+        assert torch_map == pytest.approx(detector_one_process[f'coco/{key}'], abs=1e-3)  # mmdet's test.py
+        assert torch_map > UNTRAINED_MAX_MAP and abs(ort_map - torch_map) <= 0.01, (key, ort_map, torch_map)
+    assert len(re.findall(r'random 1x3x\d+x\d+: (\d+) detections \(mmdet \1\)', result.stdout)) == 2
+    assert "ok           ONNX Runtime gives mmdet's detections" in result.stdout
 
 
 def test_four_processes_match_one(toy_dir, detector_one_process):

@@ -4,7 +4,7 @@ The end-to-end path (mmdet's and mmseg's own scripts on checkpoints our configs 
 tests/test_stock_scripts.py."""
 import io
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 import numpy as np
 import pytest
@@ -27,7 +27,9 @@ def runner_checkpoint():
     hub.update_info('keep_ckpt_ids', [1, 2])
     meta = dict(epoch=0, iter=5, seed=3, dataset_meta=dict(classes=('a', 'b'), palette=[(1, 2, 3), (4, 5, 6)],
                                                            weights=np.array([0.5, 2.0])))
-    return dict(meta=meta, state_dict=OrderedDict(w=torch.ones(2)), message_hub=hub.state_dict())
+    schedulers = [dict(start_factor=0.001, by_epoch=False), dict(milestones=Counter([8, 11]), gamma=0.1)]  # MultiStepLR
+    return dict(meta=meta, state_dict=OrderedDict(w=torch.ones(2)), message_hub=hub.state_dict(),
+                param_schedulers=schedulers)
 
 
 def weights_only_round_trip(checkpoint):
@@ -53,9 +55,12 @@ def test_saved_state_loads_weights_only_and_is_restored_exactly():
     assert loaded['message_hub']['runtime_info']['best_score'] == pytest.approx(17.22)
     assert loaded['meta']['dataset_meta']['weights'] == [0.5, 2.0]
     assert loaded['meta']['dataset_meta']['palette'] == [(1, 2, 3), (4, 5, 6)]  # tuples stay tuples
+    assert type(loaded['param_schedulers'][1]['milestones']) is dict  # torch 2.1's weights-only load has no Counter
 
     WeightsOnlyCheckpointHook().after_load_checkpoint(None, loaded)
     assert LOG_SCALARS_KEY not in loaded
+    assert loaded['param_schedulers'] == original['param_schedulers']
+    assert type(loaded['param_schedulers'][1]['milestones']) is Counter
     restored = loaded['message_hub']['log_scalars']
     assert restored.keys() == expected.keys()
     for key, (log, count) in expected.items():

@@ -4,21 +4,25 @@ What a user on a machine without internet meets: the caches are laid out here by
 them), with tiny random MambaOuts; nothing is downloaded. The network is blocked in-process (any connection attempt
 is recorded and fails), and the hub runs in offline mode, so no test can pass by reaching the internet.
 """
+import hashlib
 import http.server
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import torch
 from conftest import randomize_
 
 from backbones import MambaOut
-from backbones.checkpoint import CheckpointDownloadError, CheckpointMismatchError, resolve_hub_name
+from backbones.checkpoint import (CheckpointDamagedError, CheckpointDownloadError, CheckpointMismatchError,
+                                  resolve_hub_name)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32))
@@ -50,7 +54,10 @@ def save_safetensors(state, path):
 
 
 def files_under(directory):
-    return sorted(os.path.relpath(os.path.join(d, f), directory) for d, _, fs in os.walk(directory) for f in fs)
+    """The files under ``directory``, but for the lock files in its ``.locks`` folder (left there, as
+    huggingface_hub leaves its own: removing a lock file another process has open would undo the lock)."""
+    return sorted(os.path.relpath(os.path.join(d, f), directory) for d, _, fs in os.walk(directory) for f in fs
+                  if os.path.basename(d) != '.locks')
 
 
 @pytest.fixture
@@ -109,15 +116,19 @@ def put_in_hub_cache(cache, repo_id, files, revision='main'):
 
 
 class CheckpointServer:
-    """A local HTTP server for one checkpoint file, which can answer 404 or cut the body short."""
+    """A local HTTP server for one checkpoint file, which can answer 404 or cut the body short, each answer
+    ``delay`` seconds late (so that processes loading at about the same time overlap)."""
 
-    def __init__(self, payload: bytes, mode='full'):
+    def __init__(self, payload: bytes, mode='full', delay=0.):
         self.payload, self.mode, self.requests = payload, mode, 0
+        self.lock = threading.Lock()
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
-                server.requests += 1
+                with server.lock:
+                    server.requests += 1
+                time.sleep(delay)
                 if server.mode == 'missing':
                     self.send_error(404)
                     return
@@ -206,12 +217,97 @@ def test_download_cut_short_leaves_no_file_in_cache(filename, torch_cache, tmp_p
     payload = (tmp_path / f'to_serve{os.path.splitext(filename)[1]}').read_bytes()
     with CheckpointServer(payload, mode='truncated') as server:
         url = server.url(filename)
-        with pytest.raises(CheckpointMismatchError, match=rf'{re.escape(repr(url))}.*cut short'):
+        with pytest.raises(CheckpointDamagedError, match=rf'{re.escape(repr(url))} is damaged.*cut short'):
             weights_after_loading(url)
         assert files_under(torch_cache) == []
         server.mode = 'full'  # the next run downloads it anew
         assert_same_weights(weights_after_loading(url), expected)
     assert files_under(torch_cache) == [filename]
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ('touch PWNED',))
+
+
+# Files that are not a readable checkpoint ("damaged": what a download stopped midway leaves, an error page saved
+# under the checkpoint's name), and whole ones that weights-only unpickling refuses: the two get different errors.
+DAMAGED = ['zip cut short', 'legacy cut short', 'safetensors cut short', 'error page', 'empty']
+REFUSED = ['zip with code', 'legacy with code']
+
+
+def write_file(kind, state, path):
+    """Write ``state`` to ``path`` (its suffix replaced by the kind's) as the named kind of file; the file."""
+    path = path.with_suffix('.safetensors' if kind.startswith('safetensors') else '.pth')
+    if kind == 'error page':
+        path.write_text('<html><body>Sign in to continue</body></html>')
+    elif kind == 'empty':
+        path.write_bytes(b'')
+    elif kind.startswith('safetensors'):
+        save_safetensors(state, path)
+    else:
+        contents = dict(state, evil=_Payload()) if kind.endswith('with code') else state
+        torch.save(contents, path, _use_new_zipfile_serialization=not kind.startswith('legacy'))
+    if kind.endswith('cut short'):
+        path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    return path
+
+
+def assert_damaged_message(message, name, cache, on_disk):
+    assert message.startswith(f'The MambaOut checkpoint {name!r} in {cache} is damaged: {on_disk} is truncated, or '
+                              'not a readable checkpoint (')
+    assert 'Delete that file so that it is downloaded again, or give another file: ' in message
+    assert re.search(OVERRIDE, message)
+    assert 'weights-only' not in message and 'convert_checkpoint' not in message and '\n' not in message
+
+
+@pytest.mark.parametrize('kind', DAMAGED)
+def test_damaged_file_in_torch_cache_is_named_with_the_fix(kind, torch_cache, tmp_path):
+    expected = random_weights(TINY, seed=11)
+    torch_cache.mkdir(parents=True)
+    damaged = write_file(kind, expected, torch_cache / 'mambaout_x')
+    whole = write_file('safetensors' if damaged.suffix == '.safetensors' else 'zip', expected, tmp_path / 'whole')
+    with CheckpointServer(whole.read_bytes()) as server:
+        url = server.url(damaged.name)
+        with pytest.raises(CheckpointDamagedError) as info:
+            weights_after_loading(url)
+        assert_damaged_message(str(info.value), url, "torch's hub cache", os.path.realpath(damaged))
+        assert info.value.__cause__ is None and info.value.__suppress_context__
+        assert server.requests == 0  # read from the cache, not downloaded
+        damaged.unlink()  # the fix the message gives: the next run downloads the file again
+        assert_same_weights(weights_after_loading(url), expected)
+        assert server.requests == 1
+
+
+@pytest.mark.parametrize('kind', REFUSED)
+def test_refused_file_in_torch_cache_is_not_called_damaged(kind, torch_cache, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch_cache.mkdir(parents=True)
+    refused = write_file(kind, random_weights(TINY, seed=12), torch_cache / 'mambaout_x')
+    url = f'https://example.com/weights/{refused.name}'
+    with pytest.raises(CheckpointMismatchError, match=rf"Could not read {re.escape(repr(url))} "
+                                                      rf"\({re.escape(str(refused))}\) with weights-only unpickling"
+                                                      rf".*weights_only=False.*{OVERRIDE}") as info:
+        weights_after_loading(url)
+    assert not isinstance(info.value, CheckpointDamagedError)
+    assert not (tmp_path / 'PWNED').exists()
+
+
+def test_refused_download_is_kept_in_cache_and_named(torch_cache, tmp_path, monkeypatch):
+    """A whole download that weights-only unpickling refuses stays in the cache, where the error names it (the
+    user re-saves it from there), and is not downloaded again."""
+    monkeypatch.chdir(tmp_path)
+    payload = write_file('zip with code', random_weights(TINY, seed=13), tmp_path / 'to_serve').read_bytes()
+    with CheckpointServer(payload) as server:
+        url = server.url('mambaout_refused.pth')
+        for _ in range(2):
+            with pytest.raises(CheckpointMismatchError, match=re.escape(str(torch_cache / 'mambaout_refused.pth'))
+                               + r'\) with weights-only unpickling') as info:
+                weights_after_loading(url)
+            assert not isinstance(info.value, CheckpointDamagedError)
+        assert server.requests == 1
+    assert files_under(torch_cache) == ['mambaout_refused.pth']
+    assert not (tmp_path / 'PWNED').exists()
 
 
 # ---------------------------------------------------------------- hub names and huggingface_hub's cache
@@ -254,17 +350,41 @@ def test_hub_bin_only_is_read_weights_only(hub_cache, network_attempts):
     assert network_attempts == []
 
 
-class _Payload:
-    def __reduce__(self):
-        return (os.system, ('touch PWNED',))
-
-
 def test_hub_bin_with_code_is_refused(hub_cache, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     put_in_hub_cache(hub_cache, 'timm/mambaout_tiny.in1k', {'pytorch_model.bin': {'evil': _Payload()}})
     with pytest.raises(CheckpointMismatchError, match='weights-only'):
         weights_after_loading('timm/mambaout_tiny.in1k')
     assert not (tmp_path / 'PWNED').exists()
+
+
+def put_blob_in_hub_cache(cache, repo_id, filename, source):
+    """Lay the file ``source`` into the cache as ``hf_hub_download`` stores it: ``blobs/<sha256>``, and the link
+    ``snapshots/<hash>/<filename>`` to it; the blob and the link."""
+    put_in_hub_cache(cache, repo_id, {})
+    repo_dir = cache / ('models--' + repo_id.replace('/', '--'))
+    blob = repo_dir / 'blobs' / hashlib.sha256(source.read_bytes()).hexdigest()
+    blob.parent.mkdir(exist_ok=True)
+    shutil.copyfile(source, blob)
+    link = repo_dir / 'snapshots' / COMMIT / filename
+    link.symlink_to(os.path.relpath(blob, link.parent))
+    return blob, link
+
+
+@pytest.mark.parametrize('filename, kind', [('model.safetensors', 'safetensors cut short'),
+                                            ('pytorch_model.bin', 'zip cut short'),
+                                            ('pytorch_model.bin', 'error page')])
+def test_damaged_file_in_hub_cache_is_named_with_the_fix(filename, kind, hub_cache, tmp_path, network_attempts):
+    source = write_file(kind, random_weights(TINY, seed=14), tmp_path / 'damaged')
+    blob, link = put_blob_in_hub_cache(hub_cache, 'timm/mambaout_tiny.in1k', filename, source)
+    with pytest.raises(CheckpointDamagedError) as info:
+        weights_after_loading('timm/mambaout_tiny')
+    assert_damaged_message(str(info.value), 'timm/mambaout_tiny', "huggingface_hub's cache",
+                           f'{os.path.realpath(blob)} (linked from {link})')
+    blob.unlink()  # the fix the message gives: the hub then no longer finds the file in its cache
+    with pytest.raises(CheckpointDownloadError, match='HF_HUB_OFFLINE=1 and not in the cache'):
+        weights_after_loading('timm/mambaout_tiny')
+    assert network_attempts == []
 
 
 def test_empty_hub_cache_offline_is_one_clear_error(hub_cache, network_attempts, monkeypatch):
@@ -354,3 +474,111 @@ def test_environment_variables_reach_huggingface_hub(tmp_path):
     assert "'timm/mambaout_small' (hub repo timm/mambaout_small.in1k)" in result.stdout
     assert 'HF_HUB_OFFLINE=1 and not in the cache' in result.stdout
     assert str(tmp_path / 'hf' / 'hub') in result.stdout
+
+
+# ---------------------------------------------------------------- one download per node
+
+# What each process of a training does with the backbone's weights: init_weights, in a gloo process group when
+# RANK/WORLD_SIZE are set (as tools/dist_train.sh's torchrun sets them), else alone. It reports its state dict, or
+# its error as one line of JSON. Processes without a group first wait for each other (ready files), so that they
+# load at the same time.
+_RANK_RUN = '''
+import datetime, glob, json, os, sys, time
+import torch
+import torch.distributed as dist
+from backbones import MambaOut
+url, arch, out, ready_dir, processes = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
+if 'WORLD_SIZE' in os.environ:
+    dist.init_process_group('gloo', timeout=datetime.timedelta(seconds=60))
+else:
+    open(os.path.join(ready_dir, str(os.getpid())), 'w').close()
+    while len(glob.glob(os.path.join(ready_dir, '*'))) < processes:
+        time.sleep(0.05)
+model = MambaOut(arch=arch, init_cfg=dict(type='Pretrained', checkpoint=url))
+try:
+    model.init_weights()
+except Exception as err:
+    with open(out + '.json', 'w') as f:
+        json.dump(f'{type(err).__name__}: {err}', f)
+    sys.exit(3)
+torch.save(model.state_dict(), out)
+'''
+PROCESSES = 4
+PROCESS_TIMEOUT_S = 240  # a rank that hangs fails the test instead of blocking it
+
+
+def load_in_processes(url, tmp_path, distributed, local_rank=True):
+    """Run ``_RANK_RUN`` in PROCESSES processes at once, sharing one torch cache: their exit codes and outputs
+    (state dict or error line)."""
+    env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR',
+                                                            'MASTER_PORT')}
+    env.update(PYTHONPATH=os.pathsep.join([ROOT, env.get('PYTHONPATH', '')]).rstrip(os.pathsep),
+               TORCH_HOME=str(tmp_path / 'torch'), OMP_NUM_THREADS='1')
+    if distributed:
+        env.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(closed_port()), WORLD_SIZE=str(PROCESSES))
+    (tmp_path / 'ready').mkdir()
+    procs = []
+    for rank in range(PROCESSES):
+        rank_env = dict(env, RANK=str(rank), **({'LOCAL_RANK': str(rank)} if local_rank else {})) if distributed \
+            else env
+        procs.append(subprocess.Popen(
+            [sys.executable, '-c', _RANK_RUN, url, json.dumps(TINY), str(tmp_path / f'rank{rank}.pth'),
+             str(tmp_path / 'ready'), str(PROCESSES)], cwd=tmp_path, env=rank_env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True))
+    deadline = time.monotonic() + PROCESS_TIMEOUT_S
+    results = []
+    try:
+        for rank, proc in enumerate(procs):
+            _, stderr = proc.communicate(timeout=max(deadline - time.monotonic(), 1))
+            out = tmp_path / f'rank{rank}.pth'
+            if proc.returncode == 0:
+                results.append((0, torch.load(out, weights_only=True)))
+            elif os.path.exists(f'{out}.json'):
+                with open(f'{out}.json') as f:
+                    results.append((proc.returncode, json.load(f)))
+            else:
+                results.append((proc.returncode, stderr))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f'a process did not end within {PROCESS_TIMEOUT_S} s (a hang)')
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('distributed', [True, False], ids=['distributed', 'separate processes'])
+def test_processes_loading_one_url_download_it_once(distributed, tmp_path):
+    """Four ranks of one node (as ``tools/dist_train.sh CONFIG 4`` starts them), or four processes with no process
+    group that share the cache: one GET; every process has the weights."""
+    expected = random_weights(TINY, seed=15)
+    with CheckpointServer(checkpoint_bytes(expected, tmp_path), delay=1.) as server:
+        results = load_in_processes(server.url('mambaout_shared.pth'), tmp_path, distributed)
+        assert [code for code, _ in results] == [0] * PROCESSES, results
+        for _, state in results:
+            assert_same_weights(state, expected)
+        assert server.requests == 1
+    assert files_under(tmp_path / 'torch' / 'hub' / 'checkpoints') == ['mambaout_shared.pth']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('mode, local_rank, error', [
+    ('missing', True, r"CheckpointDownloadError: Could not download the MambaOut checkpoint '{url}' \(HTTPError: "
+                      r"HTTP Error 404: Not Found\)\.\n  Put the file by hand at .*mambaout_shared\.pth"),
+    ('truncated', False, r"CheckpointDamagedError: The download of the MambaOut checkpoint '{url}' is damaged: "
+                         r"truncated.*cut short"),
+], ids=['404', 'cut short, no LOCAL_RANK'])
+def test_failed_download_is_the_same_error_on_every_rank(mode, local_rank, error, tmp_path):
+    """The first rank's download fails (404, or the server closes early): every rank ends, soon, with its error;
+    none waits for a file that never comes, none downloads again. Without LOCAL_RANK, global rank 0 downloads."""
+    with CheckpointServer(checkpoint_bytes(random_weights(TINY, seed=16), tmp_path), mode=mode) as server:
+        url = server.url('mambaout_shared.pth')
+        results = load_in_processes(url, tmp_path, distributed=True, local_rank=local_rank)
+        assert server.requests == 1
+    codes, messages = zip(*results)
+    assert codes == (3,) * PROCESSES, results
+    assert len(set(messages)) == 1, messages
+    assert re.match(error.format(url=re.escape(url)), messages[0]), messages[0]
+    assert files_under(tmp_path / 'torch' / 'hub' / 'checkpoints') == []

@@ -9,11 +9,13 @@ tools/analysis_tools/results_table.py reads. See mambaout_tools/launch.py for wh
 import argparse
 import json
 import os.path as osp
+import pickle
 
 from mmengine.dist import is_main_process
 
 from mambaout_tools.data_check import check_datasets
 from mambaout_tools.launch import add_common_args, build_runner, load_config
+from mambaout_tools.weights_only import refused_checkpoint_error
 
 
 def parse_args(argv=None):
@@ -45,7 +47,10 @@ def main(argv=None):
         if cfg.default_scope == 'mmseg':
             cfg.visualizer.save_dir = osp.join(cfg.work_dir, args.show_dir)
     check_datasets(cfg, ('test',))
-    metrics = build_runner(cfg).test()
+    try:
+        metrics = build_runner(cfg).test()
+    except pickle.UnpicklingError as err:
+        raise refused_checkpoint_error(args.checkpoint, err) from None
     if is_main_process():
         path = osp.join(cfg.work_dir, 'test_metrics_tta.json' if args.tta else 'test_metrics.json')
         with open(path, 'w') as f:

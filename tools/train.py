@@ -6,9 +6,13 @@
 The flags are those of mmdet's and mmseg's tools/train.py; see mambaout_tools/launch.py for why this is ours.
 """
 import argparse
+import pickle
+
+from mmengine.runner import find_latest_checkpoint
 
 from mambaout_tools.data_check import check_datasets
 from mambaout_tools.launch import add_common_args, build_runner, load_config
+from mambaout_tools.weights_only import refused_checkpoint_error
 
 
 def parse_args(argv=None):
@@ -35,7 +39,13 @@ def main(argv=None):
     elif args.resume:
         cfg.resume, cfg.load_from = True, args.resume
     check_datasets(cfg, ('train', 'val'))
-    build_runner(cfg).train()
+    try:
+        build_runner(cfg).train()
+    except pickle.UnpicklingError as err:
+        checkpoint = cfg.load_from or (find_latest_checkpoint(cfg.work_dir) if cfg.get('resume') else None)
+        if checkpoint is None:
+            raise
+        raise refused_checkpoint_error(checkpoint, err) from None
 
 
 if __name__ == '__main__':

@@ -18,5 +18,5 @@ auto_scale_lr = dict(enable=True, base_batch_size=16)
 
 # AdamW lr 1e-4 without layer-wise lr decay, FP16: Swin's Cascade optimizer and the paper's. ConvNeXt's Cascade
 # recipe uses lr 2e-4 with layer-wise decay 0.7 (T, S) / 0.8 (B); the plugin's
-# MambaOutLearningRateDecayOptimizerConstructor gives that (README, "Layer-wise learning-rate decay").
+# MambaOutLearningRateDecayOptimizerConstructor gives that (docs/schedules.md, "Layer-wise learning-rate decay").
 optim_wrapper = _base_.mambaout_optim_wrapper

@@ -6,6 +6,9 @@ _base_ = [
     'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_160k.py', './mambaout_recipe.py'
 ]
 custom_imports = dict(imports=['mmseg_plugin'], allow_failed_imports=False)
+# mmseg's SegLocalVisualizer on a contiguous copy of the image, which mmseg's tools/analysis_tools/browse_dataset.py
+# needs (mmseg_plugin/stock_tools.py).
+visualizer = dict(type='ContiguousSegLocalVisualizer')
 
 crop_size = (512, 512)
 model = dict(

@@ -19,7 +19,8 @@ train_pipeline = [dict(t, reduce_zero_label=reduce_zero_label) if t['type'] == '
                   for t in _base_.train_pipeline]
 test_pipeline = [dict(t, reduce_zero_label=reduce_zero_label) if t['type'] == 'LoadAnnotations' else t
                  for t in _base_.test_pipeline]
-dataset = dict(type='BaseSegDataset', data_root=data_root, metainfo=metainfo, reduce_zero_label=reduce_zero_label,
+# BaseSegDataset with the classes also as METAINFO, where mmseg's analysis_tools/confusion_matrix.py reads them
+dataset = dict(type='MetainfoSegDataset', data_root=data_root, metainfo=metainfo, reduce_zero_label=reduce_zero_label,
                img_suffix='.jpg', seg_map_suffix='.png')
 train_dataloader = dict(dataset=dict(
     dataset, data_prefix=dict(img_path='images/train', seg_map_path='labels/train'), pipeline=train_pipeline,

@@ -42,7 +42,8 @@ tta_pipeline = [
         *_base_.tta_pipeline[1].transforms[1:],
     ]),
 ]
-dataset = dict(type='BaseSegDataset', data_root=data_root, metainfo=metainfo, reduce_zero_label=True,
+# BaseSegDataset with the classes also as METAINFO, where mmseg's analysis_tools/confusion_matrix.py reads them
+dataset = dict(type='MetainfoSegDataset', data_root=data_root, metainfo=metainfo, reduce_zero_label=True,
                img_suffix='.jpg', seg_map_suffix='.png')
 train_dataloader = dict(
     batch_size=4, num_workers=0, persistent_workers=False,

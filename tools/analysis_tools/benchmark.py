@@ -35,6 +35,7 @@ with the ratios. On CPU it applies CUDA's autocast rules, so the count is a GPU'
 
 import argparse
 import copy
+import functools
 import gc
 import math
 import os.path as osp
@@ -240,7 +241,10 @@ class Variant:
                                                weight_decay=0.05)
         use_fp16 = args.amp and args.device == 'cuda'
         self.amp_dtype = (torch.float16 if use_fp16 else torch.bfloat16) if args.amp else None
-        self.scaler = torch.amp.GradScaler('cuda') if use_fp16 and not args.backbone_only else None
+        # torch.amp.GradScaler(device) from torch 2.3 on; torch.cuda.amp's before (deprecated since).
+        grad_scaler = functools.partial(torch.amp.GradScaler, 'cuda') if hasattr(torch.amp, 'GradScaler') \
+            else torch.cuda.amp.GradScaler
+        self.scaler = grad_scaler() if use_fp16 and not args.backbone_only else None
         self.train_times, self.train_cpu, self.infer_times, self.peak_mib = [], [], [], float('nan')
 
     def release(self):

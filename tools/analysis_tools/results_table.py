@@ -1,7 +1,9 @@
-"""The metrics reached in work dirs beside the MambaOut paper's numbers, one row per config.
+"""The metrics reached in work dirs beside the MambaOut paper's numbers, one row per config; and the
+documentation tables of configs/metafile.yml.
 
     python tools/analysis_tools/results_table.py work_dirs/mask_rcnn_mambaout_t_1x work_dirs/upernet_mambaout_t_160k_ade20k_512
     python tools/analysis_tools/results_table.py work_dirs/* --format markdown
+    python tools/analysis_tools/results_table.py --table zoo        # the README's model zoo (also: variants, peers)
 
 Per work dir it reads what tools/test.py writes there: ``test_metrics.json`` (single-scale:
 ``coco/bbox_mAP`` and ``coco/segm_mAP`` in 0..1 for a detector, shown x100 as APb and APm; ``mIoU`` in
@@ -11,101 +13,109 @@ validation metrics that tools/train.py left in mmengine's ``WORK_DIR/TIMESTAMP/v
 (the newest run that has them); such numbers are marked with ``*``.
 
 The config of a row is the one recorded in the JSON file (its file name without ``.py``), or for the
-fallback the config mmengine dumps into the work dir (``WORK_DIR/NAME.py``). Paper numbers exist for the
-six paper configs; other configs (e.g. configs/toy/*) get ``-`` in the paper columns. ``diff`` is
-reached minus paper. Several work dirs of the same config fill one row: a test_metrics file beats the
-scalars.json fallback, and otherwise a later work dir on the command line beats an earlier one.
-A work dir that does not exist or holds none of these files is an error (exit status 1).
+fallback the config mmengine dumps into the work dir (``WORK_DIR/NAME.py``). The paper numbers are the
+``Results`` of the config's entry in configs/metafile.yml; configs without one (the 3x configs,
+configs/toy/*) get ``-`` in the paper columns. ``diff`` is reached minus paper. Several work dirs of the
+same config fill one row: a test_metrics file beats the scalars.json fallback, and otherwise a later work
+dir on the command line beats an earlier one. A work dir that does not exist or holds none of these files
+is an error (exit status 1).
 
-The MambaOut paper publishes no 3x or Cascade result, so the rows of configs/*_3x_ms.py have ``-`` in the
-paper columns; for them a second table follows: each such run beside the published results of Swin and
-ConvNeXt of the same size with the same recipe (params, FLOPs at 1280x800, box and mask AP on COCO
+The MambaOut paper publishes no 3x or Cascade result; for the rows of configs whose recipe other backbones
+published (the metafile's Swin and ConvNeXt entries: same detector, same epochs) a second table follows:
+each such run beside those results of the same size (params, FLOPs at 1280x800, box and mask AP on COCO
 val2017, and where each number comes from), the run's own params and FLOPs being what
-``tools/analysis_tools/get_flops.py`` prints for its config.
+``tools/analysis_tools/get_flops.py`` counts for its config.
+
+``--table zoo|variants|peers`` prints, in markdown, a table of the metafile alone (no work dirs): the model
+zoo of the README, the backbone variants of docs/weights.md, the published peers of docs/schedules.md.
+tests/test_docs.py holds those documents equal to this output.
 """
 import argparse
 import glob
 import json
 import os.path as osp
-import re
 import sys
-from typing import NamedTuple, Optional
+from typing import Dict, List, Optional
 
-# Paper (MambaOut, CVPR 2025): COCO val2017 Mask R-CNN 1x (APb, APm), ADE20K val UperNet
-# 160k (mIoU single-scale, multi-scale).
-PAPER = {
-    'mask_rcnn_mambaout_t_1x': dict(APb=45.1, APm=41.0),
-    'mask_rcnn_mambaout_s_1x': dict(APb=47.4, APm=42.7),
-    'mask_rcnn_mambaout_b_1x': dict(APb=47.4, APm=43.0),
-    'upernet_mambaout_t_160k_ade20k_512': dict(mIoU_SS=47.4, mIoU_MS=48.6),
-    'upernet_mambaout_s_160k_ade20k_512': dict(mIoU_SS=49.5, mIoU_MS=50.6),
-    'upernet_mambaout_b_160k_ade20k_512': dict(mIoU_SS=49.6, mIoU_MS=51.0),
-}
+import yaml
 
-
-class Published(NamedTuple):
-    """A peer's published result for one recipe; None where its source gives no number."""
-    backbone: str
-    params_m: Optional[float]
-    flops_g: Optional[float]
-    box_ap: Optional[float]
-    mask_ap: Optional[float]
-    source: str  # a key of SOURCES
-
-
-SOURCES = {
-    'swin': 'Swin Transformer for Object Detection, the authors\' results table: https://github.com/SwinTransformer/'
-            'Swin-Transformer-Object-Detection/blob/ed8d4d8543436ef2344b32e4f7966beffad84355/README.md',
-    'convnext': 'ConvNeXt, the authors\' results table: https://github.com/facebookresearch/ConvNeXt/blob/'
-                '089ca24854ae6197fdded25688a289ba4492d01f/object_detection/README.md',
-    'mmdet': "mmdet 3.3's own training of the config ours inherits (mmdet/.mim/configs/{swin,convnext}/metafile.yml; "
-             'it gives no params or FLOPs)',
-    'none': 'not published: neither the authors\' tables nor mmdet\'s metafile have this backbone with this recipe',
-}
-
-# The recipes of configs/{mask_rcnn,cascade_mask_rcnn}_mambaout_{t,s,b}_3x_ms.py (ImageNet-1k weights, 36
-# epochs, multi-scale + crop training, COCO val2017), per backbone size.
-RECIPES = {'mask_rcnn': 'Mask R-CNN 3x', 'cascade_mask_rcnn': 'Cascade Mask R-CNN 3x'}
-PEERS = {
-    'mask_rcnn': {
-        't': [Published('Swin-T', 48, 267, 46.0, 41.6, 'swin'), Published('ConvNeXt-T', 48, 262, 46.2, 41.7, 'convnext'),
-              Published('Swin-T', None, None, 46.0, 41.7, 'mmdet'),
-              Published('ConvNeXt-T', None, None, 46.2, 41.7, 'mmdet')],
-        's': [Published('Swin-S', 69, 359, 48.5, 43.3, 'swin'), Published('ConvNeXt-S', None, None, None, None, 'none'),
-              Published('Swin-S', None, None, 48.2, 43.2, 'mmdet')],
-        'b': [Published('Swin-B', None, None, None, None, 'none'),
-              Published('ConvNeXt-B', None, None, None, None, 'none')],
-    },
-    'cascade_mask_rcnn': {
-        't': [Published('Swin-T', 86, 745, 50.4, 43.7, 'swin'), Published('ConvNeXt-T', 86, 741, 50.4, 43.7, 'convnext'),
-              Published('ConvNeXt-T', None, None, 50.3, 43.6, 'mmdet')],
-        's': [Published('Swin-S', 107, 838, 51.9, 45.0, 'swin'),
-              Published('ConvNeXt-S', 108, 827, 51.9, 45.0, 'convnext'),
-              Published('ConvNeXt-S', None, None, 51.8, 44.8, 'mmdet')],
-        'b': [Published('Swin-B', 145, 982, 51.9, 45.0, 'swin'),
-              Published('ConvNeXt-B', 146, 964, 52.7, 45.6, 'convnext')],
-    },
-}
-# What tools/analysis_tools/get_flops.py prints for our configs (params M, FLOPs G at 1280x800); no AP is published.
-MAMBAOUT_COMPLEXITY = {
-    'mask_rcnn_mambaout_t_3x_ms': (43.1, 262.5),
-    'mask_rcnn_mambaout_s_3x_ms': (65.1, 353.8),
-    'mask_rcnn_mambaout_b_3x_ms': (99.7, 494.9),
-    'cascade_mask_rcnn_mambaout_t_3x_ms': (81.0, 741.0),
-    'cascade_mask_rcnn_mambaout_s_3x_ms': (102.9, 832.4),
-    'cascade_mask_rcnn_mambaout_b_3x_ms': (137.5, 973.4),
-}
-RECIPE_CONFIG = re.compile(r'^(?P<recipe>mask_rcnn|cascade_mask_rcnn)_mambaout_(?P<size>[tsb])_3x_ms$')
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+METAFILE = osp.join(ROOT, 'configs', 'metafile.yml')
+OURS, VARIANTS = 'MambaOut', 'MambaOut ImageNet-1k'  # the metafile's collections of this repository
+PEER_FAMILIES = ('Swin', 'ConvNeXt')  # the other backbones the 3x configs are compared with
+NOT_PUBLISHED = ("not published: neither the authors' tables nor mmdet's metafile have this backbone with this "
+                 'recipe')
+# The metafile's metric names (mmdet's and mmseg's) -> the columns here.
+METRIC_NAMES = {'box AP': 'APb', 'mask AP': 'APm', 'mIoU': 'mIoU_SS', 'mIoU(ms+flip)': 'mIoU_MS'}
 
 METRICS = ('APb', 'APm', 'mIoU_SS', 'mIoU_MS')
 TITLES = {'APb': 'APb', 'APm': 'APm', 'mIoU_SS': 'mIoU SS', 'mIoU_MS': 'mIoU MS'}
 DET, SEG = ('APb', 'APm'), ('mIoU_SS', 'mIoU_MS')
 TEST_FILE, TTA_FILE = 'test_metrics.json', 'test_metrics_tta.json'
 SCALARS_GLOB = osp.join('*', 'vis_data', 'scalars.json')
+TABLES = ('zoo', 'variants', 'peers')
 
 
 class ResultsError(Exception):
     pass
+
+
+class Metafile:
+    """configs/metafile.yml (OpenMMLab's model-index format): ``Collections`` and ``Models``."""
+
+    def __init__(self, path: str = METAFILE):
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f)
+            self.collections = {c['Name']: c for c in data['Collections']}
+            self.models = list(data['Models'])
+        except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+            raise ResultsError(f'cannot read the model index {path}: {exc}') from None
+        self.by_name = {m['Name']: m for m in self.models}
+
+    def of(self, collection: str) -> List[dict]:
+        return [m for m in self.models if m['In Collection'] == collection]
+
+    def ours(self, config: str) -> Optional[dict]:
+        """The entry of one of our configs, by its name (file name without ``.py``)."""
+        model = self.by_name.get(config)
+        return model if model is not None and model['In Collection'] == OURS else None
+
+    def source(self, collection: str) -> str:
+        """Where a collection's numbers come from: its ``Source`` and ``Code`` URL."""
+        entry = self.collections[collection]
+        return f"{entry['Source']}: {entry['Code']['URL']}"
+
+    def peers(self, model: dict) -> List[dict]:
+        """The other backbones' entries with ``model``'s detector and epochs (any size), in metafile order."""
+        return [m for m in self.models if m['In Collection'] not in (OURS, VARIANTS)
+                and recipe_of(m) == recipe_of(model)]
+
+
+def metrics_of(model: dict) -> Dict[str, float]:
+    """{APb, APm, mIoU_SS, mIoU_MS: value} of a metafile entry's ``Results``; empty without results."""
+    return {METRIC_NAMES[name]: value for result in model.get('Results') or []
+            for name, value in result['Metrics'].items() if name in METRIC_NAMES}
+
+
+def backbone_of(model: dict) -> str:
+    return model['Metadata']['Architecture'][0]
+
+
+def size_of(model: dict) -> str:
+    """'T', 'S' or 'B' of 'MambaOut-T', 'Swin-T', ..."""
+    return backbone_of(model).rsplit('-', 1)[1]
+
+
+def recipe_of(model: dict):
+    """(the detector / segmentor with its neck, epochs or iterations) of a metafile entry."""
+    meta = model['Metadata']
+    return tuple(meta['Architecture'][1:]), meta.get('Epochs'), meta.get('Iterations')
+
+
+def recipe_title(model: dict) -> str:
+    (method, *_), epochs, iterations = recipe_of(model)
+    return f'{method} {epochs // 12}x' if epochs else f'{method} {iterations // 1000}k'
 
 
 def _find(metrics: dict, name: str):
@@ -229,16 +239,17 @@ def _fmt(value, digits=2):
     return f'{value:.{digits}f}'
 
 
-def table_rows(rows: dict):
+def table_rows(rows: dict, metafile: Metafile):
     """Header and string cells: config | metric | paper | diff for APb, APm, mIoU SS, mIoU MS."""
     header = ['config']
     for metric in METRICS:
         header += [TITLES[metric], 'paper', 'diff']
     body = []
     for config, values in rows.items():
-        paper = PAPER.get(config)
-        if paper is not None:
-            task = DET if 'APb' in paper else SEG
+        model = metafile.ours(config)
+        paper = metrics_of(model) if model is not None else {}
+        if model is not None:
+            task = SEG if 'UperNet' in recipe_of(model)[0] else DET
         else:
             task = (DET if any(m in values for m in DET) else ()) + (SEG if any(m in values for m in SEG) else ())
         cells = [config]
@@ -247,7 +258,7 @@ def table_rows(rows: dict):
                 cells += ['', '', '']
                 continue
             reached = values.get(metric)
-            ref = paper.get(metric) if paper else None
+            ref = paper.get(metric)
             cells.append('' if reached is None else _fmt(reached[0]) + ('*' if reached[1] else ''))
             cells.append('-' if ref is None else _fmt(ref, 1))
             cells.append('' if reached is None or ref is None else f'{reached[0] - ref:+.2f}')
@@ -259,34 +270,133 @@ def _cell(value, digits) -> str:
     return '' if value is None else _fmt(value, digits)
 
 
-def peer_rows(rows: dict):
-    """Header, string cells and the SOURCES keys cited ([1] is the first), for the rows of configs/*_3x_ms.py:
-    each run (its reached APb/APm, its params and FLOPs) followed by the published Swin and ConvNeXt results of
-    its recipe and size. No cells if there is no such row."""
+def _params_flops(model: dict, ours: bool):
+    """Params in M and FLOPs in G as get_flops.py prints them (ours) or to 1 M / 1 G as published (peers)."""
+    meta = model['Metadata']
+    params, flops = meta.get('Parameters'), meta.get('FLOPs')
+    return (_cell(None if params is None else params / 1e6, 2 if ours else 0),
+            _cell(None if flops is None else flops / 1e9, 1 if ours else 0))
+
+
+def published_peers(metafile: Metafile, model: dict):
+    """[(label, entry or None, collection or None)] for one of our configs: the other backbones' entries of its
+    recipe and size, by collection in metafile order, then a ``None`` entry for each of ``PEER_FAMILIES`` that
+    none of them has. Empty if no other backbone published the recipe."""
+    peers = metafile.peers(model)
+    if not peers:
+        return []
+    size = size_of(model)
+    found, families = [], set()
+    for collection in metafile.collections:
+        for peer in peers:
+            if peer['In Collection'] == collection and size_of(peer) == size:
+                found.append((backbone_of(peer), peer, collection))
+                families.add(backbone_of(peer).rsplit('-', 1)[0])
+    return found + [(f'{family}-{size}', None, None) for family in PEER_FAMILIES if family not in families]
+
+
+def peer_rows(rows: dict, metafile: Metafile):
+    """Header, string cells and the sources cited ([1] is the first), for the rows of configs whose recipe other
+    backbones published: each run (its reached APb/APm, its params and FLOPs) followed by the published Swin and
+    ConvNeXt results of its recipe and size. No cells if there is no such row."""
     header = ['config / peer', 'recipe', 'params (M)', 'FLOPs (G)', 'APb', 'APm', 'source']
     body, cited = [], []
+
+    def cite(source):
+        if source not in cited:
+            cited.append(source)
+        return f'[{cited.index(source) + 1}]'
+
     for config, values in rows.items():
-        match = RECIPE_CONFIG.match(config)
-        if match is None:
+        model = metafile.ours(config)
+        peers = published_peers(metafile, model) if model is not None else []
+        if not peers:
             continue
-        recipe, size = match.group('recipe', 'size')
-        params, flops = MAMBAOUT_COMPLEXITY[config]
+        recipe = recipe_title(model)
         reached = ['' if m not in values else _fmt(values[m][0]) + ('*' if values[m][1] else '') for m in DET]
-        body.append([config, RECIPES[recipe], _cell(params, 1), _cell(flops, 1), *reached,
+        body.append([config, recipe, *_params_flops(model, ours=True), *reached,
                      'AP: this run; params, FLOPs: tools/analysis_tools/get_flops.py'])
-        for peer in PEERS[recipe][size]:
-            if peer.source not in cited:
-                cited.append(peer.source)
-            name = peer.backbone + (' (mmdet)' if peer.source == 'mmdet' else '')
-            body.append([f'  {name}', RECIPES[recipe], _cell(peer.params_m, 0), _cell(peer.flops_g, 0),
-                         _cell(peer.box_ap, 1), _cell(peer.mask_ap, 1), f'[{cited.index(peer.source) + 1}]'])
+        for label, peer, collection in peers:
+            if peer is None:
+                body.append([f'  {label}', recipe, '', '', '', '', cite(NOT_PUBLISHED)])
+                continue
+            published = metrics_of(peer)
+            body.append([f'  {label}', recipe, *_params_flops(peer, ours=False), _cell(published.get('APb'), 1),
+                         _cell(published.get('APm'), 1), cite(metafile.source(collection))])
     return header, body, cited
 
 
-def render(header, body, fmt='plain') -> str:
+def _link(url: str) -> str:
+    """A markdown link named by the file (a release) or the hub repository (Hugging Face) it points to."""
+    hub = 'https://huggingface.co/'
+    return f'[{url[len(hub):] if url.startswith(hub) else osp.basename(url)}]({url})'
+
+
+def zoo_table(metafile: Metafile):
+    """The README's model zoo: every config of ours, its params, FLOPs, paper result and weights."""
+    header = ['config', 'method', 'backbone', 'schedule', 'params', 'FLOPs',
+              'paper: COCO box / mask AP, ADE20K mIoU / ms+flip', 'weights']
+    body = []
+    for model in metafile.of(OURS):
+        meta = model['Metadata']
+        techniques = meta.get('Training Techniques', [])
+        schedule = f"{meta['Epochs']} epochs" if meta.get('Epochs') else f"{meta['Iterations'] // 1000}k iterations"
+        schedule += ', multi-scale' if 'Multi-Scale Training' in techniques else ''
+        schedule += ', layer-wise lr decay' if 'Layer-wise LR Decay' in techniques else ''
+        params, flops = _params_flops(model, ours=True)
+        paper = metrics_of(model)
+        result = ' / '.join(_fmt(paper[m], 1) for m in (DET if 'APb' in paper else SEG)) if paper else '–'
+        body.append([f"[{osp.basename(model['Config'])}]({model['Config']})", ' + '.join(meta['Architecture'][1:]),
+                     backbone_of(model), schedule, f'{params} M', f'{flops} G', result,
+                     _link(model['Weights']) if model.get('Weights') else '–'])
+    return header, body, []
+
+
+def variants_table(metafile: Metafile):
+    """docs/weights.md's variants: depths and dims of backbones/mambaout.py, params, top-1 and weights."""
+    from backbones.mambaout import arch_settings  # only here: it imports torch
+    header = ['arch', 'depths', 'dims', 'backbone params', 'ImageNet-1k top-1', 'weights']
+    body = []
+    for model in metafile.of(VARIANTS):
+        arch = model['Name'][len('mambaout_'):]
+        settings = arch_settings[arch]
+        top1 = [r['Metrics']['Top 1 Accuracy'] for r in model.get('Results') or []]
+        body.append([f'`{arch}`', '-'.join(map(str, settings['depths'])), '-'.join(map(str, settings['dims'])),
+                     f"{model['Metadata']['Parameters'] / 1e6:.2f} M", _fmt(top1[0], 1) if top1 else 'timm',
+                     _link(model['Weights'])])
+    return header, body, []
+
+
+def peers_table(metafile: Metafile):
+    """docs/schedules.md's comparison: per recipe and size of our configs that other backbones' recipes share,
+    our params and FLOPs beside each source's published params, FLOPs and box / mask AP."""
+    sources = [name for name in metafile.collections if name not in (OURS, VARIANTS)]
+    header = ['recipe', 'size', 'MambaOut: params / FLOPs'] + [f'{name} [{i}]' for i, name in enumerate(sources, 1)]
+    body = []
+    for model in metafile.of(OURS):
+        peers = published_peers(metafile, model)
+        if not peers:
+            continue
+        params, flops = _params_flops(model, ours=True)
+        cells = [recipe_title(model), size_of(model), f'{params} M / {flops} G']
+        for name in sources:
+            entries = []
+            for label, peer, collection in peers:
+                if collection == name:
+                    published = metrics_of(peer)
+                    p, f = _params_flops(peer, ours=False)
+                    size = f'{p} M / {f} G, ' if p else ''
+                    entries.append(f"{label}: {size}{published['APb']:.1f} / {published['APm']:.1f}")
+            cells.append('; '.join(entries) or 'not published')
+        body.append(cells)
+    return header, body, [metafile.source(name) for name in sources]
+
+
+def render(header, body, fmt='plain', numbers=True) -> str:
+    """A plain or markdown table; ``numbers``: the columns after the first are right-aligned."""
     if fmt == 'markdown':
         lines = ['| ' + ' | '.join(header) + ' |',
-                 '|' + '|'.join(['---'] + ['---:'] * (len(header) - 1)) + '|']
+                 '|' + '|'.join(['---'] + ['---:' if numbers else '---'] * (len(header) - 1)) + '|']
         lines += ['| ' + ' | '.join(cells) + ' |' for cells in body]
         return '\n'.join(lines)
     widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
@@ -297,27 +407,45 @@ def render(header, body, fmt='plain') -> str:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('work_dirs', nargs='+', metavar='WORK_DIR', help='work dirs of tools/train.py / tools/test.py')
-    parser.add_argument('--format', choices=['plain', 'markdown'], default='plain', help='table format')
-    return parser.parse_args(argv)
+    parser.add_argument('work_dirs', nargs='*', metavar='WORK_DIR', help='work dirs of tools/train.py / tools/test.py')
+    parser.add_argument('--format', choices=['plain', 'markdown'],
+                        help='table format (default: plain for work dirs, markdown for --table)')
+    parser.add_argument('--table', choices=TABLES, help='print a documentation table of configs/metafile.yml instead')
+    parser.add_argument('--metafile', default=METAFILE, help='the model index to read (default: %(default)s)')
+    args = parser.parse_args(argv)
+    if bool(args.work_dirs) == bool(args.table):
+        parser.error('give WORK_DIR... or --table NAME (one of the two)')
+    args.format = args.format or ('markdown' if args.table else 'plain')
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
+    try:
+        metafile = Metafile(args.metafile)
+    except ResultsError as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 1
+    if args.table:
+        header, body, notes = {'zoo': zoo_table, 'variants': variants_table, 'peers': peers_table}[args.table](metafile)
+        print(render(header, body, args.format, numbers=False))
+        for number, note in enumerate(notes, 1):
+            print(f'\n[{number}] {note}')
+        return 0
     rows, errors = collect(args.work_dirs)
     if errors:
         for message in errors:
             print(f'error: {message}', file=sys.stderr)
         return 1
-    header, body = table_rows(rows)
+    header, body = table_rows(rows, metafile)
     print(render(header, body, args.format))
-    peer_header, peer_body, sources = peer_rows(rows)
+    peer_header, peer_body, sources = peer_rows(rows, metafile)
     if peer_body:
         print('\nNo published MambaOut result for the 3x recipes; the same recipes with Swin and ConvNeXt '
               '(COCO val2017):')
         print(render(peer_header, peer_body, args.format))
-        for number, key in enumerate(sources, 1):
-            print(f'[{number}] {SOURCES[key]}')
+        for number, source in enumerate(sources, 1):
+            print(f'[{number}] {source}')
     if any(v[1] for values in rows.values() for v in values.values()):
         print('\n* last validation metrics in WORK_DIR/TIMESTAMP/vis_data/scalars.json (no test_metrics.json)')
     return 0

@@ -9,18 +9,36 @@
 # setuptools 81 removed; torch 2.14 needs setuptools >= 77.
 SETUPTOOLS_WITH_PKG_RESOURCES='setuptools>=77,<81'
 
-# The C++ standard the torch of PYTHON builds extensions with: c++20 or c++17.
+# torch's extension builder (torch/utils/cpp_extension.py) of PYTHON, found without importing torch (the import
+# guesses CUDA_HOME and warns).
+torch_cpp_extension() {
+  "$1" -c 'import importlib.util, os; print(os.path.join(os.path.dirname(importlib.util.find_spec("torch").origin), "utils", "cpp_extension.py"))'
+}
+
+# The setuptools that builds mmcv against the torch of PYTHON: older torch's extension builder (2.1's) does
+# `from pkg_resources import packaging`, which setuptools 70 removed.
+setuptools_for_torch() {
+  local source
+  source="$(torch_cpp_extension "$1")" || return
+  if grep -q '^from pkg_resources import packaging' "$source"; then
+    echo 'setuptools<70'
+  else
+    echo "$SETUPTOOLS_WITH_PKG_RESOURCES"
+  fi
+}
+
+# The C++ standard the torch of PYTHON builds extensions with (what its headers need): c++20 (torch 2.14)
+# or c++17 (torch 2.1).
 mmcv_cxx_std() {
-  "$1" - <<'PY'
-import inspect
-import torch.utils.cpp_extension as cpp_extension
-print('c++20' if '-std=c++20' in inspect.getsource(cpp_extension) else 'c++17')
-PY
+  local source
+  source="$(torch_cpp_extension "$1")" || return
+  if grep -q -- "-std=c++20" "$source"; then echo c++20; else echo c++17; fi
 }
 
 # Build mmcv's wheel from SDIST (mmcv-2.1.0.tar.gz) with PYTHON into OUT_DIR and print the wheel's path.
 # A fourth argument `cuda` builds the CUDA ops too (FORCE_CUDA=1, for this GPU's architecture unless
-# TORCH_CUDA_ARCH_LIST says otherwise). MAX_JOBS (default: all cores) sets the compile jobs.
+# TORCH_CUDA_ARCH_LIST says otherwise), with the CUDA_HOME and CPATH that `tools/install/cuda_setup.py build-env`
+# prints. MAX_JOBS (default: all cores) sets the compile jobs.
 build_mmcv_wheel() {
   local py="$1" sdist="$2" out_dir="$3" cuda="${4:-}"
   local src std status=0

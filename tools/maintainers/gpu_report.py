@@ -8,8 +8,8 @@ measured ratios.
 
 Each step is a command of ``tools/analysis_tools/benchmark.py`` or ``tools/maintainers/runner_check.py``, run from the repository root
 with this Python. Its output goes into the report under the exact command; a step that fails is recorded with
-its last lines and the next step runs, so that one failure does not waste a GPU session. The report is
-rewritten after every step: a session cut short still leaves what was measured.
+its last lines and the next step runs, so that one failure does not waste the GPU's time. The report is
+rewritten after every step: a run cut short still leaves what was measured.
 """
 import argparse
 import datetime
@@ -32,14 +32,14 @@ import torch
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DET_CONFIG = 'configs/mask_rcnn_mambaout_t_1x.py'
 SEG_CONFIG = 'configs/upernet_mambaout_t_160k_ade20k_512.py'
-STEP_TIMEOUT_S = 1800  # a hung step must not eat the whole GPU session
+STEP_TIMEOUT_S = 1800  # a hung step must not eat the GPU's whole time
 FAILED_TAIL_LINES = 25
 PACKAGES = ('torch', 'torchvision', 'mmcv', 'mmengine', 'mmdet', 'mmsegmentation', 'timm', 'numpy')
 
 
 @dataclass(frozen=True)
 class Target:
-    """A target of issue 14 on a ratio that ``tools/analysis_tools/benchmark.py --compare`` prints
+    """A target of the report on a ratio that ``tools/analysis_tools/benchmark.py --compare`` prints
     (``ratio ours / OTHER: METRIC VALUE, ...``): ``VALUE <= bound`` (``< bound`` when ``strict``)."""
     text: str
     other: str  # 'timm wrapper' or 'ConvNeXt'
@@ -259,7 +259,7 @@ def render(steps: List[Step], dry_run: bool, install_log: str = '') -> str:
     lines += ['## Summary', '',
               f'{len(done)} of {len(steps)} steps run, {len(failed)} failed'
               + (f': {", ".join(step.name for step in failed)}' if failed else '') + '.', '']
-    lines += ['## Targets (issue 14)', '', '| target | measured ratio (ours / other) | verdict |', '|---|---|---|']
+    lines += ['## Targets', '', '| target | measured ratio (ours / other) | verdict |', '|---|---|---|']
     lines += [f'| {" | ".join(row)} |' for row in target_rows(steps, dry_run)]
     lines += ['', 'Ratios from `ratio ours / ...` lines of tools/analysis_tools/benchmark.py below (< 1: ours is faster / '
               'smaller).', '']

@@ -9,8 +9,9 @@
 # The wheel directory holds what the stack needs beyond torch (pure-python wheels, pycocotools and shapely for
 # the target Python, the mmcv 2.1.0 sdist: about 12 MB): `--download-wheels DIR` fills it. Installing is
 # `pip install --no-index --no-deps --find-links DIR` of the missing packages into $PYTHON's environment
-# (default python3; point PYTHON at another interpreter to install elsewhere); mmcv comes from a matching
-# mmcv-2.1.0 wheel in DIR or is built there from the sdist with its CUDA ops (tools/install/mmcv_build.sh; about
+# (default python3; point PYTHON at another interpreter to install elsewhere); mmcv comes from an mmcv-2.1.0
+# wheel that matches the Python and torch (in $MMCV_WHEEL_DIR, default ../shared/wheels, or DIR) or is built
+# there from the sdist with its CUDA ops (tools/install/mmcv_build.sh; about
 # 4 minutes on 16 cores), the built wheel kept in DIR for the next run.
 #
 # The steps (tools/maintainers/gpu_report.py) run tools/analysis_tools/benchmark.py and tools/maintainers/runner_check.py;
@@ -22,6 +23,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PY="${PYTHON:-python3}"
+MMCV_WHEEL_DIR="${MMCV_WHEEL_DIR:-$ROOT/../shared/wheels}"   # prebuilt mmcv wheels, by torch (../shared/README.md)
 # shellcheck source=tools/install/mmcv_build.sh
 source "$ROOT/tools/install/mmcv_build.sh"
 
@@ -166,9 +168,17 @@ if [ "$mmcv_state" = "$wanted_ops" ]; then
   log "mmcv: 2.1.0 with its compiled ops ($mmcv_state) is installed: nothing to do"
 else
   log "mmcv: $mmcv_state; needed: 2.1.0 with CUDA ops"
-  need_wheels "mmcv 2.1.0 with CUDA ops"
   py_tag="cp$("$PY" -c 'import sys; print("%d%d" % sys.version_info[:2])')"
-  wheel="$(ls "$wheels"/mmcv-2.1.0-"$py_tag"-*.whl 2>/dev/null | head -n1 || true)"
+  # A prebuilt wheel for this Python and torch: the project's shared ones first (MMCV_WHEEL_DIR, by torch
+  # version), then the wheel directory; CUDA ops for a real run.
+  wheel=""
+  for wheel_dir in "$MMCV_WHEEL_DIR" ${wheels:+"$wheels"}; do
+    [ -d "$wheel_dir" ] || continue
+    wheel="$("$PY" "$ROOT/tools/install/cuda_setup.py" find-wheel --dir "$wheel_dir" --python-tag "$py_tag" \
+      --torch "$torch_version" --ops "${wanted_ops%-ops}")"
+    [ -z "$wheel" ] || { log "mmcv: prebuilt wheel $wheel fits Python $python_found and torch $torch_version"; break; }
+  done
+  [ -n "$wheel" ] || need_wheels "mmcv 2.1.0 with CUDA ops"
   if [ -z "$wheel" ]; then
     [ -f "$wheels/mmcv-2.1.0.tar.gz" ] || die "neither an mmcv-2.1.0-$py_tag wheel nor mmcv-2.1.0.tar.gz in $wheels"
     log "building mmcv 2.1.0 with its CUDA ops from $wheels/mmcv-2.1.0.tar.gz (C++ standard: $(mmcv_cxx_std "$PY"))"
@@ -176,6 +186,10 @@ else
       log "dry run, would run: build_mmcv_wheel $PY $wheels/mmcv-2.1.0.tar.gz $wheels cuda"
       wheel="$wheels/mmcv-2.1.0-$py_tag-$py_tag-linux_x86_64.whl"
     else
+      # CUDA_HOME behind an nvcc wrapper script, CPATH with the headers of torch's nvidia-* packages.
+      MMCV_CUDA=""
+      eval "$("$PY" "$ROOT/tools/install/cuda_setup.py" build-env)"
+      [ "$MMCV_CUDA" = cuda ] || die "mmcv's CUDA ops cannot be built here (see the line above)"
       wheel="$(build_mmcv_wheel "$PY" "$wheels/mmcv-2.1.0.tar.gz" "$wheels" cuda 2> >(tee -a "$INSTALL_LOG" >&2))" \
         || die "building mmcv failed: its compiler output is in $INSTALL_LOG"
     fi

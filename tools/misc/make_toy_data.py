@@ -36,13 +36,12 @@ placement is rejected and re-drawn if it would leave an earlier object with less
 its area (or fewer than ``MIN_AREA`` = 40 px) visible, split off a visible (8-connected) part
 smaller than ``MIN_PART`` px -- a sliver that would stretch the box far beyond the object --
 or punch a hole into it -- so every annotated object is clearly recognisable, yet many images
-contain overlapping objects.  RLE can express holes, so the hole rule is no longer needed for
-the annotations; it is kept because it costs one line and keeps the images and label maps
-byte-identical to version 2's, on which the toy trainings so far were measured (without it, the
-placements it rejects -- 4 of the ~1000 checks of the default set -- and every later draw of
-those scenes would change).  A class's colour is mostly its own (nine times in ten near a
-class-specific hue, otherwise any hue), so colour is a strong cue but the network must also
-learn the shape; the objects are saturated and bright on a duller background so that a few
+contain overlapping objects.  RLE could express holes; the hole rule stays because it costs one
+line and keeps the images and label maps byte-identical to version 2's, on which the toy trainings
+of docs/demo.md were measured (without it, the placements it rejects -- 4 of the ~1000 checks of
+the default set -- and every later draw of those scenes would change).  A class's colour is mostly
+its own (nine times in ten near a class-specific hue, otherwise any hue), so colour is a strong cue
+but the network must also learn the shape; the objects are saturated and bright on a duller background so that a few
 minutes of CPU training at 128 px are enough to learn them.
 
 Annotations.  The ``segmentation`` of an instance is the COCO RLE of its visible mask
