@@ -6,16 +6,32 @@ The branch is LayerNorm -> fc1 -> (gate, identity, conv part) -> depthwise conv 
 fc2(act(gate) * cat(identity, conv)), NHWC, before LayerScale. It is described by a :class:`GatedCNNSpec`
 and a :class:`GatedCNNParams`; no module enters the autograd graph.
 
+How it enters autograd and torch.compile depends on torch (:data:`CUSTOM_OPS`):
+
+- torch >= 2.4 (``torch.library.custom_op``, ``register_fake``, ``register_autograd``): three operators,
+  ``torch.ops.mambaout.gated_cnn_forward`` (output and what backward keeps), ``gated_cnn_backward`` and
+  ``gated_cnn_inference``, each with a fake (meta) function; the forward's autograd formula calls the backward
+  operator. Eager runs and torch.compile (Dynamo, AOTAutograd, inductor) run them the same way: no graph
+  break, nothing decomposed into the plain ops, the same numbers and the same saved tensors compiled as eager.
+- torch 2.1-2.3: :class:`GatedCNNFunction`, an autograd Function, in eager runs; under torch.compile the
+  blocks run the plain modules (Dynamo cannot keep the Function's hand-written backward), and the first
+  compiled block warns so, once per process.
+
+Either way the kernel steps aside for tracers and exporters (:func:`kernel_can_run`).
+
 Two steps differ by device: the depthwise conv's backward (forward convs on CPU, aten's, i.e. cuDNN's,
 elsewhere) and inference (in chunks of pixels on CPU only). :func:`emulate_device_branches` lets the tests run
 the other devices' branches on a CPU. ``MambaOut(memory_efficient=False)`` runs the plain modules instead.
 """
 import contextlib
+import functools
+import warnings
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple, Optional, Tuple
+from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 # Pixels per chunk in the no-grad CPU path: a chunk's ~2 * hidden-wide intermediates stay in cache instead of
 # going to memory and back several times (sizes measured in docs/benchmarks.md).
@@ -43,12 +59,24 @@ def emulate_device_branches(device_type: str) -> Iterator[None]:
         _emulated_device_type = previous
 
 
+# torch.library's custom-operator API (custom_op, register_fake, register_autograd), torch >= 2.4: there the
+# kernel runs as operators that torch.compile keeps in its graph, opaque, with their own autograd formula
+# and shape functions (defined at the end of this module). Read at each call (tests switch it off).
+CUSTOM_OPS = all(hasattr(torch.library, name) for name in ('custom_op', 'register_fake', 'register_autograd'))
+
+
 def is_compiling() -> bool:
     """Whether torch.compile (Dynamo) is tracing the caller: ``torch.compiler.is_compiling`` (torch >= 2.3),
     ``torch._dynamo.is_compiling`` before it."""
     if hasattr(torch.compiler, 'is_compiling'):
         return torch.compiler.is_compiling()
     return torch._dynamo.is_compiling()
+
+
+def is_exporting() -> bool:
+    """Whether torch.export is tracing the caller: ``torch.compiler.is_exporting`` (torch >= 2.5); False on
+    older torch, which cannot tell."""
+    return hasattr(torch.compiler, 'is_exporting') and torch.compiler.is_exporting()
 
 
 def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
@@ -95,6 +123,11 @@ class GatedCNNSpec:
         return self.hidden, self.identity_channels, self.conv_channels
 
     @property
+    def values(self) -> Tuple[int, int, int, str, str, float]:
+        """The fields in order, as the operators take them: ``GatedCNNSpec(*spec.values) == spec``."""
+        return self.hidden, self.identity_channels, self.conv_channels, self.act, self.gelu_approximate, self.eps
+
+    @property
     def gate_identity_channels(self) -> int:
         """fc1's rows for ``[gate, identity]``; the rows after them produce the conv part."""
         return self.hidden + self.identity_channels
@@ -122,25 +155,61 @@ class GatedCNNSaved(NamedTuple):
 
 
 def gated_cnn_branch(x: torch.Tensor, spec: GatedCNNSpec, params: GatedCNNParams) -> torch.Tensor:
-    """The branch's output for NHWC ``x``, in autocast's dtype where autocast is on: through
-    :class:`GatedCNNFunction` when a gradient is wanted, else :func:`gated_inference`."""
-    device = x.device.type
-    dtype = autocast_dtype(device) or x.dtype
-    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+    """The branch's output for NHWC ``x``, in autocast's dtype where autocast is on: :func:`gated_forward`
+    with its hand-written backward when a gradient is wanted, else :func:`gated_inference`. On torch >= 2.4
+    (:data:`CUSTOM_OPS`) as the operators ``torch.ops.mambaout.*``, which torch.compile keeps in its graph;
+    before, as :class:`GatedCNNFunction`."""
+    dtype = autocast_dtype(x.device.type) or x.dtype
+    # A list, not a generator: Dynamo traces list comprehensions on every torch.
+    wants_grad = torch.is_grad_enabled() and (x.requires_grad or any([p.requires_grad for p in params]))
+    if CUSTOM_OPS:
+        args = (x, *params, *spec.values, dtype)
+        if wants_grad:
+            return torch.ops.mambaout.gated_cnn_forward(*args)[0]
+        return torch.ops.mambaout.gated_cnn_inference(*args)
+    if wants_grad:
         return GatedCNNFunction.apply(x, spec, dtype, *params)
-    with torch.autocast(device, enabled=False):
-        return gated_inference(spec, x, dtype, params)
+    return gated_inference(spec, x, dtype, params)
+
+
+def kernel_can_run() -> bool:
+    """Whether the kernel may run where it is called; where not, the plain modules must:
+
+    - jit tracing (TorchScript, ONNX's TorchScript exporter, FLOP counters): tracers record aten ops only;
+    - torch.export (ONNX's dynamo exporter), where torch tells (``torch.compiler.is_exporting``, torch >= 2.5):
+      exported graphs must be plain ops;
+    - torch.compile on torch < 2.4, which has no ``torch.library.custom_op``: Dynamo cannot keep the custom
+      autograd Function in its graph. The first time, one warning says so.
+    """
+    if torch.jit.is_tracing() or is_exporting():
+        return False
+    if not CUSTOM_OPS and is_compiling():
+        # At trace time, inside the graph being traced: a plain call to warnings.warn would break it.
+        torch._dynamo.comptime.comptime(_warn_plain_under_compile)
+        return False
+    return True
+
+
+_warned_plain_under_compile = False
+
+
+def _warn_plain_under_compile(_ctx=None) -> None:
+    global _warned_plain_under_compile
+    if not _warned_plain_under_compile:
+        _warned_plain_under_compile = True
+        warnings.warn(f'torch {torch.__version__} has no torch.library.custom_op (torch >= 2.4): under '
+                      'torch.compile the Gated CNN blocks run the plain modules, without the memory-lean '
+                      "kernel's activation savings.", stacklevel=2)
 
 
 class GatedCNNFunction(torch.autograd.Function):
-    """The branch with a hand-written backward: keeps the input and :class:`GatedCNNSaved` only, and
-    recomputes LayerNorm, the depthwise conv and the gating in backward. The parameters are inputs so that they get gradients; ``dtype`` stands for
-    autocast, which is off inside."""
+    """The branch with a hand-written backward as an autograd Function, for torch < 2.4: keeps the input and
+    :class:`GatedCNNSaved` only, and recomputes LayerNorm, the depthwise conv and the gating in backward. The
+    parameters are inputs so that they get gradients; ``dtype`` stands for autocast, which is off inside."""
 
     @staticmethod
     def forward(ctx, x, spec, dtype, *params):
-        with torch.autocast(x.device.type, enabled=False):
-            out, saved = gated_forward(spec, x, dtype, GatedCNNParams(*params))
+        out, saved = gated_forward(spec, x, dtype, GatedCNNParams(*params))
         ctx.spec, ctx.dtype = spec, dtype
         # All through save_for_backward, so that with_cp's checkpoint can drop and recompute them.
         ctx.save_for_backward(x, *saved, *params)
@@ -150,10 +219,9 @@ class GatedCNNFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, gate_id, conv_in, *params = ctx.saved_tensors
-        needs = GatedCNNParams(*ctx.needs_input_grad[3:])
-        with torch.autocast(x.device.type, enabled=False):
-            grad_x, grads = gated_backward(ctx.spec, ctx.dtype, grad, x, GatedCNNSaved(gate_id, conv_in),
-                                           GatedCNNParams(*params), ctx.needs_input_grad[0], needs)
+        grad_x, grads = gated_backward(ctx.spec, ctx.dtype, grad, x, GatedCNNSaved(gate_id, conv_in),
+                                       GatedCNNParams(*params), ctx.needs_input_grad[0],
+                                       GatedCNNParams(*ctx.needs_input_grad[3:]))
         return (grad_x, None, None, *grads)
 
 
@@ -197,6 +265,17 @@ def _gate(spec: GatedCNNSpec, gate_id: torch.Tensor, conv_out: torch.Tensor) -> 
     return gated
 
 
+def _autocast_off(fn):
+    """``fn`` with autocast off on its tensors' device: the kernel makes autocast's casts itself (``dtype``)."""
+    @functools.wraps(fn)
+    def without_autocast(*args):
+        device_type = next(arg for arg in args if isinstance(arg, torch.Tensor)).device.type
+        with torch.autocast(device_type, enabled=False):
+            return fn(*args)
+    return without_autocast
+
+
+@_autocast_off
 def gated_forward(spec: GatedCNNSpec, x: torch.Tensor, dtype: torch.dtype,
                   params: GatedCNNParams) -> Tuple[torch.Tensor, GatedCNNSaved]:
     """The branch without autograd, in ``dtype`` (autocast's or x's): its output and what backward needs."""
@@ -208,6 +287,7 @@ def gated_forward(spec: GatedCNNSpec, x: torch.Tensor, dtype: torch.dtype,
     return out, GatedCNNSaved(gate_id, conv_in)
 
 
+@_autocast_off
 def gated_inference(spec: GatedCNNSpec, x: torch.Tensor, dtype: torch.dtype, params: GatedCNNParams) -> torch.Tensor:
     """:func:`gated_forward`'s output without what backward needs, on CPU in chunks of pixels: only the
     depthwise conv needs whole feature maps; fc1's gate/identity part, the gating and fc2 run per chunk."""
@@ -232,6 +312,7 @@ def gated_inference(spec: GatedCNNSpec, x: torch.Tensor, dtype: torch.dtype, par
 
 # Backward, in the reverse order of the forward: fc2, gating, depthwise conv, fc1 and LayerNorm.
 
+@_autocast_off
 def gated_backward(spec: GatedCNNSpec, dtype: torch.dtype, grad: torch.Tensor, x: torch.Tensor,
                    saved: GatedCNNSaved, params: GatedCNNParams, need_x: bool,
                    needs: GatedCNNParams) -> Tuple[Optional[torch.Tensor], GatedCNNParams]:
@@ -341,3 +422,82 @@ def _depthwise_conv_backward_aten(grad, inp, weight, need_weight):
     grad_in, grad_weight, _ = torch.ops.aten.convolution_backward(
         grad, inp, weight, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], groups, [True, need_weight, False])
     return grad_in, grad_weight
+
+
+# The operators (torch >= 2.4). Each takes the block input, the parameters in GatedCNNParams' order, the
+# GatedCNNSpec's values and the dtype; each runs the functions above, so eager and compiled runs compute the
+# same numbers. Their fake (meta) functions give the outputs' shapes, dtypes and (contiguous) layouts.
+
+def _forward_op(x: Tensor, norm_weight: Tensor, norm_bias: Tensor, fc1_weight: Tensor, fc1_bias: Tensor,
+                conv_weight: Tensor, conv_bias: Tensor, fc2_weight: Tensor, fc2_bias: Tensor, hidden: int,
+                identity_channels: int, conv_channels: int, act: str, gelu_approximate: str, eps: float,
+                dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor]:
+    """:func:`gated_forward`: the output, then :class:`GatedCNNSaved` (outputs, so that autograd can keep them)."""
+    spec = GatedCNNSpec(hidden, identity_channels, conv_channels, act, gelu_approximate, eps)
+    params = GatedCNNParams(norm_weight, norm_bias, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias)
+    out, saved = gated_forward(spec, x, dtype, params)
+    return (out, *saved)
+
+
+def _forward_fake(x, *args):
+    params, (hidden, identity_channels, conv_channels, *_), dtype = args[:8], args[8:-1], args[-1]
+    channels = (params[-1].shape[0], hidden + identity_channels, conv_channels)  # out, gate_id, conv_in
+    return tuple(x.new_empty((*x.shape[:-1], n), dtype=dtype) for n in channels)
+
+
+def _inference_op(x: Tensor, norm_weight: Tensor, norm_bias: Tensor, fc1_weight: Tensor, fc1_bias: Tensor,
+                  conv_weight: Tensor, conv_bias: Tensor, fc2_weight: Tensor, fc2_bias: Tensor, hidden: int,
+                  identity_channels: int, conv_channels: int, act: str, gelu_approximate: str, eps: float,
+                  dtype: torch.dtype) -> Tensor:
+    """:func:`gated_inference`."""
+    spec = GatedCNNSpec(hidden, identity_channels, conv_channels, act, gelu_approximate, eps)
+    params = GatedCNNParams(norm_weight, norm_bias, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias)
+    return gated_inference(spec, x, dtype, params)
+
+
+def _inference_fake(x, *args):
+    return _forward_fake(x, *args)[0]
+
+
+def _backward_op(grad: Tensor, x: Tensor, gate_id: Tensor, conv_in: Tensor, norm_weight: Tensor,
+                 norm_bias: Tensor, fc1_weight: Tensor, fc1_bias: Tensor, conv_weight: Tensor, conv_bias: Tensor,
+                 fc2_weight: Tensor, fc2_bias: Tensor, hidden: int, identity_channels: int, conv_channels: int,
+                 act: str, gelu_approximate: str, eps: float, dtype: torch.dtype,
+                 needs: List[bool]) -> List[Tensor]:
+    """:func:`gated_backward`: the gradients of x and the parameters that ``needs`` (9 flags) asks for, in order."""
+    spec = GatedCNNSpec(hidden, identity_channels, conv_channels, act, gelu_approximate, eps)
+    params = GatedCNNParams(norm_weight, norm_bias, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias)
+    grad_x, grads = gated_backward(spec, dtype, grad, x, GatedCNNSaved(gate_id, conv_in), params, needs[0],
+                                   GatedCNNParams(*needs[1:]))
+    # Contiguous, as the fake function declares (the depthwise conv's weight gradient comes channels_last).
+    return [g.contiguous() for g in (grad_x, *grads) if g is not None]
+
+
+def _backward_fake(grad, x, gate_id, conv_in, *args):
+    inputs, needs = (x, *args[:8]), args[-1]
+    return [torch.empty_like(t, memory_format=torch.contiguous_format) for t, need in zip(inputs, needs) if need]
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.mark_non_differentiable(*output[1:])  # the saved tensors: outputs for autograd's sake only
+    ctx.set_materialize_grads(False)
+    ctx.arguments = inputs[9:]  # the spec's values and the dtype
+    # All through save_for_backward, so that with_cp's checkpoint can drop and recompute them.
+    ctx.save_for_backward(inputs[0], *output[1:], *inputs[1:9])
+
+
+def _backward(ctx, grad, *_):
+    x, gate_id, conv_in, *params = ctx.saved_tensors
+    needs = list(ctx.needs_input_grad[:9])
+    grads = iter(torch.ops.mambaout.gated_cnn_backward(grad, x, gate_id, conv_in, *params, *ctx.arguments, needs))
+    return (*(next(grads) if need else None for need in needs), *(None for _ in ctx.arguments))
+
+
+if CUSTOM_OPS:
+    torch.library.custom_op('mambaout::gated_cnn_forward', _forward_op, mutates_args=())
+    torch.library.register_fake('mambaout::gated_cnn_forward', _forward_fake)
+    torch.library.register_autograd('mambaout::gated_cnn_forward', _backward, setup_context=_setup_context)
+    torch.library.custom_op('mambaout::gated_cnn_inference', _inference_op, mutates_args=())
+    torch.library.register_fake('mambaout::gated_cnn_inference', _inference_fake)
+    torch.library.custom_op('mambaout::gated_cnn_backward', _backward_op, mutates_args=())
+    torch.library.register_fake('mambaout::gated_cnn_backward', _backward_fake)

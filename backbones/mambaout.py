@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .checkpoint import load_pretrained
-from .gated_cnn_kernel import GatedCNNParams, GatedCNNSpec, gated_cnn_branch, is_compiling
+from .gated_cnn_kernel import GatedCNNParams, GatedCNNSpec, gated_cnn_branch, kernel_can_run
 
 # Fields every variant has, with the reference's defaults (official MambaOut / timm ``MambaOut``).
 ARCH_DEFAULTS = dict(
@@ -130,9 +130,11 @@ class GatedCNNBlock(nn.Module):
     part -> fc2(act(gate) * cat(identity, conv)) -> LayerScale -> drop path, plus the shortcut.
 
     NHWC in and out. Disabled parts are ``nn.Identity`` so checkpoint keys never move. With
-    ``memory_efficient`` and GELU or SiLU, outside torch.compile and jit tracing, the branch runs as
-    :mod:`backbones.gated_cnn_kernel`: the same forward numbers as the plain modules (:meth:`_residual_plain`),
-    about half their activation memory for backward, and faster on CPU.
+    ``memory_efficient`` and GELU or SiLU, the branch runs as :mod:`backbones.gated_cnn_kernel`: the same
+    forward numbers as the plain modules (:meth:`_residual_plain`), about half their activation memory for
+    backward, and faster on CPU; under torch.compile too on torch >= 2.4 (as torch.library operators). The
+    plain modules run instead under jit tracing and torch.export, and under torch.compile on torch < 2.4
+    (:func:`~backbones.gated_cnn_kernel.kernel_can_run`).
 
     Args:
         dim (int): input and output channels.
@@ -172,11 +174,7 @@ class GatedCNNBlock(nn.Module):
                                             gelu_approximate=getattr(self.act, 'approximate', 'none'))
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
-        if (not self.memory_efficient or is_compiling() or torch.jit.is_tracing()
-                or self.kernel_spec is None):
-            # torch.compile fuses the plain graph and picks what to recompute itself (memory_efficient=False
-            # gives its eager fallbacks the same graph); tracers (FLOP counters, ONNX export) cannot record
-            # a custom autograd Function.
+        if not self.memory_efficient or self.kernel_spec is None or not kernel_can_run():
             return self._residual_plain(x)
         params = GatedCNNParams(self.norm.weight, self.norm.bias, self.fc1.weight, self.fc1.bias,
                                 self.conv.weight, self.conv.bias, self.fc2.weight, self.fc2.bias)
@@ -240,10 +238,9 @@ class MambaOut(BaseModule):
             each block). Default: False.
         memory_efficient (bool): run the Gated CNN blocks' branch as the memory-lean kernel
             (:mod:`backbones.gated_cnn_kernel`: same outputs and gradients, about half the activation
-            memory). False runs the plain modules (timm's formulation) everywhere: a way out if the kernel
-            misbehaves on some device, and one graph for torch.compile, eager or compiled (under
-            torch.compile the plain modules are traced anyway; False makes the eager runs, e.g. dynamo's
-            fallbacks, take them too). Default: True.
+            memory; compiled too on torch >= 2.4). False runs the plain modules (timm's formulation)
+            everywhere: a way out if the kernel misbehaves on some device, and the graph that torch.compile
+            fuses and rematerializes itself. Default: True.
         init_cfg (dict | list[dict], optional): mmengine init config. ``dict(type='Pretrained',
             checkpoint=PATH_OR_URL[, prefix=...])`` loads official, timm, or mmdet/mmseg checkpoints
             (see :func:`backbones.checkpoint.load_pretrained`).

@@ -111,6 +111,7 @@ def test_targets_are_judged_from_the_ratio_lines():
     assert verdicts['backbone fwd+bwd time <= ConvNeXt-T'] == ('1.000 (backbone)', 'PASS')  # <= holds at 1
     assert verdicts['backbone peak memory <= ConvNeXt-T'][1] == 'not measured'  # nan
     assert verdicts['compiled backbone fwd+bwd time < timm compiled'][1] == 'PASS'
+    assert verdicts['compiled backbone peak memory <= 0.7x timm compiled'] == ('0.600 (backbone-compiled)', 'PASS')
     compiled.output = output.replace('fwd+bwd 0.700', 'fwd+bwd 1.000')
     rows = target_rows([compiled], dry_run=False)
     assert rows[0][2] == 'FAIL'  # "below" is strict

@@ -24,7 +24,9 @@ sensitive than wall time to other programs on a shared machine).
 same per-output LayerNorms as ours) and (c) timm's ConvNeXt of the same size class
 (tiny/small/base) with the same output norms, neck/head input channels adapted, and prints the ratios.
 ``--sequential`` measures them one after the other instead, with one model in memory at a time.
-``--amp``: float16 autocast with a gradient scaler on CUDA, bfloat16 autocast on CPU.
+``--amp``: float16 autocast with a gradient scaler on CUDA, bfloat16 autocast on CPU. ``--compile``: the
+backbones through ``torch.compile`` (inductor); our Gated CNN blocks stay the memory-lean kernel there on
+torch >= 2.4 (:mod:`backbones.gated_cnn_kernel`'s operators), the plain modules before.
 
 ``--saved-activations`` times nothing: it counts the bytes autograd keeps for backward in one training forward
 of each variant, under autocast, parameters excluded (:mod:`mambaout_tools.saved_activations`), and prints them
@@ -43,6 +45,7 @@ import time
 import torch
 from torch import nn
 
+from backbones import gated_cnn_kernel
 from mambaout_tools.models import build_model, load_config, models_registry, num_classes_of, synthetic_batch
 from mambaout_tools.peak_memory import PeakMemory
 from mambaout_tools.saved_activations import saved_activation_bytes
@@ -394,6 +397,10 @@ def run(args):
               f', {"AMP " + ("fp16" if args.device == "cuda" else "bf16") if args.amp else "fp32"}, '
               f'warm-up {args.warmup}, iters {args.iters}{", torch.compile" if args.compile else ""}')
     print(f'torch {torch.__version__}, device: {device_name}, input {args.batch_size}x3x{shape[0]}x{shape[1]}{timing}')
+    if args.compile:
+        print('torch.compile: our Gated CNN blocks run ' + (
+            'the memory-lean kernel (as torch.library operators)' if gated_cnn_kernel.CUSTOM_OPS else
+            'the plain modules (no torch.library.custom_op before torch 2.4)'))
 
     def make_variant(key, label, backbone_cfg):
         torch.manual_seed(0)
