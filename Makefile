@@ -10,9 +10,13 @@ VENV ?= $(if $(PYTHON_BIN)$(TORCH),.venv-$(notdir $(or $(PYTHON_BIN),python3.11)
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 # What the oldest supported stack runs beyond the fast tier (`make test-old-stack`, in .ci/run): mmdet's and
-# mmseg's own train -> test -> resume on the toy set, and one two-process DDP launch. The one place that
-# selects them.
-OLD_STACK_SLOW_TESTS := tests/test_stock_scripts.py tests/test_launch.py::test_dist_train_and_dist_test_with_two_cpu_processes
+# mmseg's own train -> test (single- and multi-scale) -> resume on the toy set, their checkpoints read
+# weights-only, and one two-process DDP launch. The one place that selects them.
+OLD_STACK_SLOW_TESTS := tests/test_stock_scripts.py::test_stock_mmdet_train_test_and_resume \
+  tests/test_stock_scripts.py::test_stock_mmseg_resume_continues_exactly_as_a_straight_run \
+  tests/test_stock_scripts.py::test_stock_mmseg_test_single_and_multi_scale_match_ours \
+  tests/test_stock_scripts.py::test_training_checkpoints_load_weights_only \
+  tests/test_launch.py::test_dist_train_and_dist_test_with_two_cpu_processes
 
 .PHONY: install demo test test-fast test-old-stack test-old-stack-fast test-old-stack-slow
 

@@ -163,11 +163,11 @@ def test_old_stack_selection_of_the_makefile_collects_tests():
     dry_run = subprocess.run(['make', '-n', 'test-old-stack-slow', 'VENV=.venv-none'], cwd=ROOT, capture_output=True,
                              text=True, check=True).stdout
     selection = dry_run.split('-m pytest ')[1].split(' ;')[0].split()
-    assert 'tests/test_stock_scripts.py' in selection
+    assert 'tests/test_stock_scripts.py::test_stock_mmdet_train_test_and_resume' in selection
     collected = subprocess.run([sys.executable, '-m', 'pytest', '--collect-only', '-q', *selection], cwd=ROOT,
                                capture_output=True, text=True)
     assert collected.returncode == 0, collected.stdout[-2000:]
-    assert 'test_dist_train_and_dist_test_with_two_cpu_processes' in collected.stdout
+    assert f'{len(selection)} tests collected' in collected.stdout, collected.stdout[-2000:]
 
 
 def _mmcv_wheel(path, so_bytes):
