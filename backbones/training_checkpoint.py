@@ -14,11 +14,10 @@ strict as torch makes it. The log history is kept under its own key (:data:`LOG_
 message hub with no log scalars, so that a runner without this hook still resumes such a checkpoint (its
 log history then starts afresh).
 
-mmengine has no way for a plugin to add a hook to every runner; :func:`add_to_every_runner` (called when
-``mmdet_plugin`` or ``mmseg_plugin`` is imported, i.e. by any config that imports them) registers the hook
-in each :class:`~mmengine.runner.Runner` built afterwards that does not have it yet.
+Importing ``mmdet_plugin`` or ``mmseg_plugin`` (any config that imports them) registers the hook in every
+:class:`~mmengine.runner.Runner` built afterwards that does not have one yet
+(:func:`backbones.runner_hooks.add_to_every_runner`).
 """
-import functools
 import logging
 from collections import Counter, OrderedDict
 from typing import Any, Iterator, Tuple
@@ -27,7 +26,6 @@ import numpy as np
 import torch
 from mmengine.hooks import Hook
 from mmengine.logging import HistoryBuffer, print_log
-from mmengine.runner import Runner
 
 LOG_SCALARS_KEY = 'message_hub_log_scalars'
 
@@ -143,20 +141,3 @@ class WeightsOnlyCheckpointHook(Hook):
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         restore_runner_state(checkpoint)
-
-
-def add_to_every_runner() -> None:
-    """Make every :class:`~mmengine.runner.Runner` built from now on register a
-    :class:`WeightsOnlyCheckpointHook`, unless its config already lists one. Idempotent."""
-    if getattr(Runner.register_hooks, '_adds_weights_only_checkpoint_hook', False):
-        return
-    register_hooks = Runner.register_hooks
-
-    @functools.wraps(register_hooks)
-    def register_hooks_and_weights_only_checkpoint_hook(self, *args, **kwargs):
-        register_hooks(self, *args, **kwargs)
-        if not any(isinstance(hook, WeightsOnlyCheckpointHook) for hook in self.hooks):
-            self.register_hook(WeightsOnlyCheckpointHook())
-
-    register_hooks_and_weights_only_checkpoint_hook._adds_weights_only_checkpoint_hook = True
-    Runner.register_hooks = register_hooks_and_weights_only_checkpoint_hook

@@ -7,6 +7,7 @@ import atexit
 import os
 import re
 import shutil
+import socket
 import tempfile
 
 # Tests never download. Empty caches of their own and the hub's offline mode (read when huggingface_hub is
@@ -33,6 +34,13 @@ _TIMM_TO_OFFICIAL = (
     (r'^head\.pre_logits\.norm\.', 'head.norm.'),
     (r'^head\.fc\.', 'head.fc2.'),
 )
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on now (a launcher's PORT, a URL that refuses)."""
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
 
 
 def tool_env(**variables):

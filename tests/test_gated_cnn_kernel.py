@@ -368,14 +368,13 @@ def test_compiled_without_custom_ops_runs_the_plain_modules_and_says_so_once(mon
 def test_toy_segmentor_trained_with_mmengine_compile_learns_as_the_eager_one(tmp_path):
     # mmengine's compile=True: torch.compile with inductor of the model's train_step, the blocks as the
     # operators; the thresholds of the eager toy training (tests/test_toy_training.py). train_step holds the
-    # optimizer's step, which Dynamo cannot trace over the param groups paramwise_cfg builds (mmengine makes
-    # them ConfigDicts; docs/benchmarks.md, "torch.compile"): the recipe's groups are dropped here.
+    # optimizer's step, over the recipe's paramwise_cfg groups (backbones.runner_hooks.PlainParamGroupsHook).
     from test_toy_training import SEG, SEG_MIN_MIOU, train_and_test
 
     from tools.misc.make_toy_data import make_toy_data
     make_toy_data(str(tmp_path / 'data' / 'toy'))
     work_dir = tmp_path / 'seg_compiled'
-    metrics = train_and_test(SEG, work_dir, tmp_path, train_options=['compile=True', 'optim_wrapper.paramwise_cfg=None'])
+    metrics = train_and_test(SEG, work_dir, tmp_path, train_options=['compile=True'])
     train_log = next(path for path in sorted(work_dir.glob('*/*.log')))
     assert 'Model has been "compiled"' in train_log.read_text()
     assert metrics['mIoU'] >= SEG_MIN_MIOU, metrics

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 from PIL import Image
-from conftest import tool_env
+from conftest import free_port, tool_env
 
 from tools.misc.make_toy_data import make_toy_data
 
@@ -31,7 +31,7 @@ def toy_dir(tmp_path_factory):
 
 def run(args, cwd, nproc=None, timeout=600):
     env = tool_env(PYTHON=sys.executable, OMP_NUM_THREADS='1',
-               PORT=str(29500 + os.getpid() % 1000))
+               PORT=str(free_port()))
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     return result
 

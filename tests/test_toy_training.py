@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import tool_env, untrained_checkpoint
+from conftest import free_port, tool_env, untrained_checkpoint
 
 from tools.misc.make_toy_data import make_toy_data
 
@@ -37,7 +37,7 @@ def toy_dir(tmp_path_factory):
 
 
 def run(args, cwd):
-    env = tool_env(PYTHON=sys.executable, PORT=str(29600 + os.getpid() % 1000))
+    env = tool_env(PYTHON=sys.executable, PORT=str(free_port()))
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result

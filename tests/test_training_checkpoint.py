@@ -13,7 +13,8 @@ from mmengine.logging import HistoryBuffer, MessageHub
 from mmengine.runner import Runner
 
 from backbones import training_checkpoint
-from backbones.training_checkpoint import (LOG_SCALARS_KEY, WeightsOnlyCheckpointHook, add_to_every_runner,
+from backbones.runner_hooks import add_to_every_runner
+from backbones.training_checkpoint import (LOG_SCALARS_KEY, WeightsOnlyCheckpointHook,
                                            restore_runner_state)
 
 
@@ -97,8 +98,8 @@ def test_an_entry_that_stays_unloadable_is_named_in_one_warning(monkeypatch):
 
 
 def test_every_runner_gets_the_hook_once(tmp_path):
-    add_to_every_runner()
-    add_to_every_runner()  # idempotent: one wrapper, one hook
+    add_to_every_runner(WeightsOnlyCheckpointHook)
+    add_to_every_runner(WeightsOnlyCheckpointHook)  # idempotent: one wrapper, one hook
 
     def hooks_of(**kwargs):
         runner = Runner(model=torch.nn.Linear(1, 1), work_dir=str(tmp_path), **kwargs)

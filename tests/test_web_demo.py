@@ -10,7 +10,6 @@ Needs gradio (``pip install -e ".[demo]"``), playwright (pip) and Debian's chrom
 import importlib.util
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ import mmcv
 import numpy as np
 import pytest
 import torch
-from conftest import tool_env, untrained_checkpoint
+from conftest import free_port, tool_env, untrained_checkpoint
 from mmengine.config import Config
 
 from mambaout_tools.visualize import LONG_SIDE
@@ -59,12 +58,6 @@ def work(tmp_path_factory):
     for config, name in ((DET, 'det'), (SEG, 'seg')):
         untrained_checkpoint(config, work / f'{name}.pth')
     return work
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope='module')

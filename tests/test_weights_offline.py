@@ -18,7 +18,7 @@ import time
 
 import pytest
 import torch
-from conftest import randomize_
+from conftest import free_port, randomize_
 
 from backbones import MambaOut
 from backbones.checkpoint import (CheckpointDamagedError, CheckpointDownloadError, CheckpointMismatchError,
@@ -161,12 +161,6 @@ def checkpoint_bytes(state, tmp_path):
     return (tmp_path / 'to_serve.pth').read_bytes()
 
 
-def closed_port():
-    with socket.socket() as probe:
-        probe.bind(('127.0.0.1', 0))
-        return probe.getsockname()[1]
-
-
 # ---------------------------------------------------------------- URLs and torch's hub cache
 
 def test_url_in_torch_cache_is_read_without_network(torch_cache, network_attempts):
@@ -190,7 +184,7 @@ def test_url_downloads_once_into_torch_cache(torch_cache, tmp_path):
 
 
 def test_unreachable_url_is_one_clear_error(torch_cache):
-    url = f'http://127.0.0.1:{closed_port()}/mambaout_tiny.pth'
+    url = f'http://127.0.0.1:{free_port()}/mambaout_tiny.pth'
     with pytest.raises(CheckpointDownloadError,
                        match=rf"{re.escape(repr(url))} \(URLError: .*refused.*\)\.\n"
                              rf".*{re.escape(str(torch_cache / 'mambaout_tiny.pth'))}.*\n.*{OVERRIDE}") as info:
@@ -515,7 +509,7 @@ def load_in_processes(url, tmp_path, distributed, local_rank=True):
     env.update(PYTHONPATH=os.pathsep.join([ROOT, env.get('PYTHONPATH', '')]).rstrip(os.pathsep),
                TORCH_HOME=str(tmp_path / 'torch'), OMP_NUM_THREADS='1')
     if distributed:
-        env.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(closed_port()), WORLD_SIZE=str(PROCESSES))
+        env.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(free_port()), WORLD_SIZE=str(PROCESSES))
     (tmp_path / 'ready').mkdir()
     procs = []
     for rank in range(PROCESSES):
