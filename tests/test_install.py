@@ -160,8 +160,10 @@ def test_venv_of_another_python_is_one_error(tmp_path):
 @pytest.mark.slow
 def test_old_stack_selection_of_the_makefile_collects_tests():
     """`make test-old-stack`'s slow selection names tests that exist (a renamed test would drop out silently)."""
-    dry_run = subprocess.run(['make', '-n', 'test-old-stack-slow', 'VENV=.venv-none'], cwd=ROOT, capture_output=True,
-                             text=True, check=True).stdout
+    # Without the variables of a make that runs this test (MAKEFLAGS passes them down, PYTEST_ARGS included).
+    env = {key: value for key, value in os.environ.items() if key not in ('MAKEFLAGS', 'MAKELEVEL', 'MFLAGS')}
+    dry_run = subprocess.run(['make', '-n', 'test-old-stack-slow', 'VENV=.venv-none', 'PYTEST_ARGS='], cwd=ROOT,
+                             capture_output=True, text=True, check=True, env=env).stdout
     selection = [arg for arg in dry_run.split('-m pytest ')[1].split(' ;')[0].split() if arg.startswith('tests/')]
     assert 'tests/test_stock_scripts.py::test_stock_mmdet_train_test_and_resume' in selection
     collected = subprocess.run([sys.executable, '-m', 'pytest', '--collect-only', '-q', *selection], cwd=ROOT,

@@ -14,6 +14,8 @@ supported stack's venv)::
 3. The real ``pip install -e .[EXTRAS]`` into it, then, from a folder outside the repository: a user's config
    with ``custom_imports=dict(imports=['mmdet_plugin'])`` builds ``type='MambaOut'``, torch/numpy/mmcv are the
    versions they were, and the plugin's stack check names the fix for an mmcv without its compiled ops.
+4. There, the toy Mask R-CNN and UperNet (``configs/toy``) train a few steps and are tested with mmdet's and
+   mmseg's own ``tools/train.py`` and ``tools/test.py``, which print their metrics.
 
 Needs the package index (it installs timm and the rest); exits non-zero with one line on the first failure.
 """
@@ -21,6 +23,7 @@ import argparse
 import importlib.metadata as metadata
 import json
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -32,7 +35,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 KEPT = ('torch', 'torchvision', 'numpy', 'mmcv', 'mmengine', 'mmdet', 'mmsegmentation')
 # What this package adds (setup.py's requirements and extras, and itself): left out of the throwaway venv.
 ADDED = ('mambaout-openmmlab', 'timm', 'huggingface-hub', 'safetensors', 'ftfy', 'regex', 'onnx', 'onnxruntime',
-         'onnxscript', 'onnx-ir', 'pytest', 'openmim', 'opendatalab')
+         'onnxscript', 'onnx-ir', 'pytest', 'pytest-xdist', 'execnet', 'openmim', 'opendatalab')
+# The toy detector and segmentor, trained a few steps and tested by mmdet's and mmseg's own scripts there.
+TOY_RUNS = (('mmdet', 'configs/toy/mask_rcnn_mambaout_toy.py', ['train_cfg.max_epochs=1'], 'epoch_1.pth',
+             'coco/bbox_mAP'),
+            ('mmseg', 'configs/toy/upernet_mambaout_toy.py',
+             ['train_cfg.max_iters=2', 'train_cfg.val_interval=2', 'default_hooks.checkpoint.interval=2'],
+             'iter_2.pth', 'mIoU'))
 # Linked in as well, so pip must not replace them either (it would uninstall through the links).
 LINKED_TOOLS = ('pip', 'setuptools')
 
@@ -130,10 +139,38 @@ def main(argv=None):
         fail(f'versions changed by the install: {before} -> {seen["versions"]}')
     if 'pip uninstall -y mmcv' not in seen['stack_error']:
         fail(f'the stack check does not name the fix for a broken mmcv: {seen["stack_error"]}')
+    trained = train_and_test_toys(python, user_dir, env)
     print(f'[user-env] ok: custom_imports=[\'mmdet_plugin\'] from {user_dir} built MambaOut '
           f'({seen["plugin"]}); kept {", ".join(f"{n} {v}" for n, v in before.items())}; '
-          f'broken mmcv -> "{seen["stack_error"][:100]}..."')
+          f'broken mmcv -> "{seen["stack_error"][:100]}..."; {trained}')
     return 0
+
+
+def train_and_test_toys(python, user_dir, env):
+    """Train the toy Mask R-CNN and UperNet a few steps and test them with the libraries' own ``tools/train.py``
+    and ``tools/test.py`` (as installed, ``mim``'s copies) in the user's environment; what they printed."""
+    subprocess.run([python, os.path.join(ROOT, 'tools', 'misc', 'make_toy_data.py'), '--out',
+                    os.path.join(user_dir, 'data', 'toy'), '--num-train', '4', '--num-val', '2', '--size', '64'],
+                   check=True, cwd=user_dir, env=env, capture_output=True)
+    found = []
+    for library, config, options, checkpoint, metric in TOY_RUNS:
+        scripts = subprocess.run([python, '-c', f'import {library}, os; print(os.path.dirname({library}.__file__))'],
+                                 check=True, capture_output=True, text=True, env=env).stdout.strip()
+        work_dir = os.path.join(user_dir, f'work_dirs_{library}')
+        steps = ([os.path.join(scripts, '.mim', 'tools', 'train.py'), os.path.join(ROOT, config), '--work-dir',
+                  work_dir, '--cfg-options', *options],
+                 [os.path.join(scripts, '.mim', 'tools', 'test.py'), os.path.join(ROOT, config),
+                  os.path.join(work_dir, checkpoint), '--work-dir', work_dir])
+        for argv in steps:
+            result = subprocess.run([python, *argv], cwd=user_dir, env=dict(env, OMP_NUM_THREADS='1'),
+                                    capture_output=True, text=True)
+            if result.returncode != 0:
+                fail(f'{library}\'s {os.path.basename(argv[0])} on {config}: {(result.stdout + result.stderr)[-1500:]}')
+        value = re.findall(rf'{re.escape(metric)}: (-?\d+\.\d+)', result.stdout + result.stderr)
+        if not value:
+            fail(f'{library}\'s test.py on {config} printed no {metric}: {(result.stdout + result.stderr)[-1500:]}')
+        found.append(f'{library} train.py -> test.py {metric} {value[-1]}')
+    return ', '.join(found)
 
 
 if __name__ == '__main__':
