@@ -144,6 +144,7 @@ def test_saved_activations_ratios_at_a_small_size(capsys):
     assert re.search(r'ratio ours / timm wrapper: saved activations 0\.5[0-5]\d', out)
 
 
+@pytest.mark.slow  # three whole segmentors, about a minute
 def test_saved_activations_of_the_whole_model(capsys):
     results = benchmark.main([SEG, '--shape', '64', '64', '--compare', '--saved-activations', '--batch-size', '2'])
     out = capsys.readouterr().out
