@@ -33,7 +33,7 @@ demo: install
 
 # pytest exits 5 when it collected no test: that is a failure here, said out loud.
 define run_pytest
-	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile) $(1) $(PYTEST_ARGS); rc=$$?; \
+	@$(if $(filter-out 0,$(PYTEST_WORKERS)),OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} )$(PY) -m pytest $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile) $(1) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make $@: FAILED - pytest collected no tests$(if $(1), ($(subst ",,$(1))))" >&2; fi; exit $$rc
 endef
 
