@@ -21,7 +21,7 @@ TOY_DET = os.path.join(ROOT, 'configs', 'toy', 'mask_rcnn_mambaout_toy.py')
 NUMBER = r'[0-9]+\.[0-9]+'
 
 
-def run_script(*args, timeout=600):
+def run_script(*args, timeout=1200):  # the dry run: about 4 minutes alone, twice that beside another test
     env = tool_env(PYTHON=sys.executable)
     return subprocess.run(['bash', SCRIPT, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)

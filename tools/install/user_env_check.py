@@ -6,11 +6,13 @@ supported stack's venv)::
     python tools/install/user_env_check.py [--extras onnx,tests] [--keep DIR]
 
 1. A throwaway venv is made that sees everything of that environment except what this package brings (timm,
-   huggingface_hub, safetensors, the ONNX and test tools, this package itself): each other top-level entry of
+   huggingface_hub, safetensors, the ONNX and pytest tools, this package itself): each other top-level entry of
    its site-packages is linked in. That is the user's environment before ``pip install -e .``, at the cost of a
    few hundred links.
 2. ``pip install --dry-run --report`` of ``-e .[EXTRAS]`` there must not list torch, torchvision, numpy or mmcv
-   (nor mmengine, mmdet, mmsegmentation: pip would uninstall the linked ones, through the links).
+   (nor mmengine, mmdet, mmsegmentation: pip would uninstall the linked ones, through the links); nor must
+   ``mim install --dry-run --report`` of the same (mim, OpenMMLab's installer, which their install guides put
+   in every environment, is pip plus the OpenMMLab packages' ``mim`` extras and mmcv's find-links page).
 3. The real ``pip install -e .[EXTRAS]`` into it, then, from a folder outside the repository: a user's config
    with ``custom_imports=dict(imports=['mmdet_plugin'])`` builds ``type='MambaOut'``, torch/numpy/mmcv are the
    versions they were, and the plugin's stack check names the fix for an mmcv without its compiled ops.
@@ -35,7 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 KEPT = ('torch', 'torchvision', 'numpy', 'mmcv', 'mmengine', 'mmdet', 'mmsegmentation')
 # What this package adds (setup.py's requirements and extras, and itself): left out of the throwaway venv.
 ADDED = ('mambaout-openmmlab', 'timm', 'huggingface-hub', 'safetensors', 'ftfy', 'regex', 'onnx', 'onnxruntime',
-         'onnxscript', 'onnx-ir', 'pytest', 'pytest-xdist', 'execnet', 'openmim', 'opendatalab')
+         'onnxscript', 'onnx-ir', 'pytest', 'pytest-xdist', 'execnet')
 # The toy detector and segmentor, trained a few steps and tested by mmdet's and mmseg's own scripts there.
 TOY_RUNS = (('mmdet', 'configs/toy/mask_rcnn_mambaout_toy.py', ['train_cfg.max_epochs=1'], 'epoch_1.pth',
              'coco/bbox_mAP'),
@@ -95,6 +97,24 @@ def fail(message):
     raise SystemExit(f'user_env_check: error: {message}')
 
 
+def check_would_install(python, installer, target, extras, report_file):
+    """``INSTALLER install --dry-run --report`` of ``-e TARGET`` (installer: pip or mim) lists none of the user's
+    stack."""
+    argv = [python, '-m', installer, 'install', '-q', '--dry-run', '--report', report_file, '-e', target]
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode != 0:
+        fail(f'{installer} install --dry-run -e .[{extras}]: {(result.stdout + result.stderr)[-1500:]}')
+    with open(report_file) as file:
+        to_install = {_normalized(item['metadata']['name']): item['metadata']['version']
+                      for item in json.load(file)['install']}
+    print(f'[user-env] {installer} install -e .[{extras}] would install: '
+          + ', '.join(f'{name} {version}' for name, version in sorted(to_install.items())))
+    replaced = sorted(set(to_install) & set(KEPT + LINKED_TOOLS))
+    if replaced:
+        fail(f'{installer} install -e . would replace {", ".join(f"{n} -> {to_install[n]}" for n in replaced)} '
+             'in the user\'s environment: declare them loosely or not at all in setup.py')
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--extras', default='onnx,tests', help='extras to install with the package')
@@ -111,18 +131,9 @@ def main(argv=None):
     print(f'[user-env] {venv}: {linked} entries of {sys.prefix} linked in (without: {", ".join(ADDED)})')
 
     target = f'{ROOT}[{args.extras}]' if args.extras else ROOT
-    report_file = os.path.join(work, 'report.json')
     pip = [python, '-m', 'pip', 'install', '--disable-pip-version-check', '-q']
-    subprocess.run(pip + ['--dry-run', '--report', report_file, '-e', target], check=True)
-    with open(report_file) as file:
-        to_install = {_normalized(item['metadata']['name']): item['metadata']['version']
-                      for item in json.load(file)['install']}
-    print(f'[user-env] pip install -e .[{args.extras}] would install: '
-          + ', '.join(f'{name} {version}' for name, version in sorted(to_install.items())))
-    replaced = sorted(set(to_install) & set(KEPT + LINKED_TOOLS))
-    if replaced:
-        fail(f'pip install -e . would replace {", ".join(f"{n} -> {to_install[n]}" for n in replaced)} '
-             'in the user\'s environment: declare them loosely or not at all in setup.py')
+    for installer in ('pip', 'mim'):
+        check_would_install(python, installer, target, args.extras, os.path.join(work, f'{installer}_report.json'))
 
     subprocess.run(pip + ['-e', target], check=True)
     user_dir = os.path.join(work, 'user_project')
