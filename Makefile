@@ -11,7 +11,8 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 # pytest-xdist workers, a test file each at a time (its module fixtures stay in one process), one thread each:
 # most tests wait on one Python process (imports, launches, small ops), so two workers on two cores take about
-# half the time of one. PYTEST_WORKERS=0 runs in this process.
+# half the time of one. Files in collection order (--no-loadscope-reorder; xdist would start with the files of
+# most tests), which tests/conftest.py makes longest first. PYTEST_WORKERS=0 runs in this process.
 PYTEST_WORKERS ?= 2
 # What the oldest supported stack runs beyond the fast tier (`make test-old-stack`, in .ci/run): mmdet's and
 # mmseg's own train -> test (single- and multi-scale) -> resume on the toy set, their checkpoints read
@@ -33,7 +34,7 @@ demo: install
 
 # pytest exits 5 when it collected no test: that is a failure here, said out loud.
 define run_pytest
-	@$(if $(filter-out 0,$(PYTEST_WORKERS)),OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} )$(PY) -m pytest $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile) $(1) $(PYTEST_ARGS); rc=$$?; \
+	@$(if $(filter-out 0,$(PYTEST_WORKERS)),OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} )$(PY) -m pytest $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder) $(1) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make $@: FAILED - pytest collected no tests$(if $(1), ($(subst ",,$(1))))" >&2; fi; exit $$rc
 endef
 

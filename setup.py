@@ -25,7 +25,7 @@ EXTRAS_REQUIRE = {
     # The test suite, with mim (`mim train mmdet ...`). opendatalab 0.0.10 pulls openxlab, which pins
     # setuptools~=60.2 (torch 2.14 needs >=77), rich, tqdm, packaging and requests back; 0.0.9 does not.
     # timm 1.0.16: the first whose MambaOut has forward_intermediates, the tests' reference.
-    'tests': ['pytest', 'pytest-xdist>=3.6,<4', 'timm>=1.0.16,<1.1', 'openmim>=0.3.9,<0.4', 'opendatalab<0.0.10', 'click<9'],
+    'tests': ['pytest', 'pytest-xdist>=3.8,<4', 'timm>=1.0.16,<1.1', 'openmim>=0.3.9,<0.4', 'opendatalab<0.0.10', 'click<9'],
     # mmdet's/mmseg's own analysis tools: benchmark.py (psutil), analyze_logs.py (seaborn).
     'analysis': ['psutil>=5.9', 'seaborn>=0.12,<0.14'],
     # The web demo (tools/misc/web_demo.py).

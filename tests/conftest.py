@@ -25,10 +25,10 @@ import torch  # noqa: E402
 from mambaout_tools.models import save_untrained_checkpoint as untrained_checkpoint  # noqa: E402,F401
 
 # The longest test files (several minutes each on 2 cores), run first: `make test`'s workers (pytest-xdist,
-# a file each at a time, taken in collection order) then start with them and end together, instead of one
-# worker starting a 15-minute file when the rest is done.
-LONGEST_FILES_FIRST = ('test_toy_training.py', 'test_gpu_report.py', 'test_gated_cnn_kernel.py', 'test_stock_scripts.py',
-                       'test_custom_dataset.py', 'test_launch.py')
+# a file each at a time, taken in collection order: the Makefile's --no-loadscope-reorder) then start with them
+# and end together, instead of one worker starting a 15-minute file when the rest is done.
+LONGEST_FILES_FIRST = ('test_toy_training.py', 'test_toy_segmentation.py', 'test_gpu_report.py',
+                       'test_gated_cnn_kernel.py', 'test_custom_dataset.py', 'test_stock_scripts.py', 'test_launch.py')
 
 
 def pytest_collection_modifyitems(items):
