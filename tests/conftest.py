@@ -4,6 +4,7 @@ untrained detector/segmentor checkpoints.
 Nothing is downloaded: every checkpoint is made here from random weights.
 """
 import atexit
+import collections
 import os
 import re
 import shutil
@@ -26,16 +27,23 @@ from mambaout_tools.models import save_untrained_checkpoint as untrained_checkpo
 
 # The longest test files (several minutes each on 2 cores), run first: `make test`'s workers (pytest-xdist,
 # a file each at a time, taken in collection order: the Makefile's --no-loadscope-reorder) then start with them
-# and end together, instead of one worker starting a 15-minute file when the rest is done.
+# and end together, instead of one worker starting a 15-minute file when the rest is done. The other files
+# follow by their number of selected tests, most first (xdist's own order), so short files fill the end.
 LONGEST_FILES_FIRST = ('test_toy_training.py', 'test_toy_segmentation.py', 'test_gpu_report.py',
                        'test_gated_cnn_kernel.py', 'test_custom_dataset.py', 'test_stock_scripts.py', 'test_launch.py')
 
 
 def pytest_collection_modifyitems(items):
-    def rank(item):
-        name = os.path.basename(str(item.fspath))
-        return LONGEST_FILES_FIRST.index(name) if name in LONGEST_FILES_FIRST else len(LONGEST_FILES_FIRST)
-    items.sort(key=rank)  # stable: the order within a file and among the others stays
+    files = [os.path.basename(str(item.fspath)) for item in items]
+    tests_per_file = collections.Counter(files)
+
+    def rank(index):
+        name = files[index]
+        longest = LONGEST_FILES_FIRST.index(name) if name in LONGEST_FILES_FIRST else len(LONGEST_FILES_FIRST)
+        return longest, -tests_per_file[name], name
+
+    order = sorted(range(len(items)), key=rank)  # stable: the order within a file stays
+    items[:] = [items[index] for index in order]
 
 
 # Official release layout <- timm layout (the inverse of timm's checkpoint_filter_fn).
