@@ -375,7 +375,7 @@ def _logged_losses(work_dir):
 def test_toy_segmentor_trained_with_mmengine_compile_learns_as_the_eager_one(tmp_path):
     # mmengine's compile=True: torch.compile with inductor of the model's train_step, the blocks as the
     # operators, and the optimizer's step over the recipe's paramwise_cfg groups
-    # (backbones.runner_hooks.PlainParamGroupsHook). Compiling takes about 7 minutes on this CPU, so both
+    # (backbones.runner_hooks.PlainParamGroupsHook). Compiling takes about 7 minutes on a 2-core CPU, so both
     # trainings stop after 30 iterations of the toy schedule, where the toy set is already learnt (mIoU about 77,
     # the threshold of tests/test_toy_training.py is 60): same seed, same data order, so the compiled losses
     # follow the eager ones up to float reassociation.

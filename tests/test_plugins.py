@@ -21,7 +21,8 @@ def run_python(code):
 @pytest.mark.parametrize('plugin, library', [('mmdet_plugin', 'mmdet'), ('mmseg_plugin', 'mmseg')])
 def test_plugin_registers_backbone_in_its_library(plugin, library):
     # In this process: importing the plugin is what registers (the library's registry is global).
-    registry = importlib.import_module(f'{pytest.importorskip(library).__name__}.registry')
+    pytest.importorskip(library)
+    registry = importlib.import_module(f'{library}.registry')
     importlib.import_module(plugin)
     model = registry.MODELS.build(dict(type='MambaOut', arch='femto', out_indices=(1, 3), drop_path_rate=0.1))
     outs = model(torch.randn(1, 3, 64, 64))
