@@ -19,6 +19,7 @@ PYTEST_WORKERS ?= 2
 # weights-only, and one two-process DDP launch. The one place that selects them.
 OLD_STACK_SLOW_TESTS := tests/test_stock_scripts.py::test_stock_mmdet_train_test_and_resume \
   tests/test_stock_scripts.py::test_stock_mmseg_resume_continues_exactly_as_a_straight_run \
+  tests/test_stock_scripts.py::test_our_train_resumes_a_stock_training_exactly_as_a_straight_run \
   tests/test_stock_scripts.py::test_stock_mmseg_test_single_and_multi_scale_match_ours \
   tests/test_stock_scripts.py::test_training_checkpoints_load_weights_only \
   tests/test_launch.py::test_dist_train_and_dist_test_with_two_cpu_processes

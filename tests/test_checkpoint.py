@@ -2,8 +2,6 @@
 import logging
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -11,8 +9,7 @@ from conftest import timm_to_official
 
 from backbones import CheckpointMismatchError, MambaOut, load_pretrained
 from backbones.checkpoint import CheckpointDamagedError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tools.model_converters import convert_checkpoint
 
 
 @pytest.fixture(scope='module')
@@ -179,12 +176,9 @@ def test_damaged_local_file_is_named_with_the_fix(femto_states, tmp_path):
         load_pretrained(MambaOut('femto'), str(path))
 
 
-def test_convert_checkpoint_tool(femto_states, tmp_path):
+def test_convert_checkpoint_tool(femto_states, tmp_path, capsys):
     torch.save({'model': femto_states[1]}, tmp_path / 'mambaout_femto.pth')
-    result = subprocess.run([sys.executable, 'tools/model_converters/convert_checkpoint.py', str(tmp_path / 'mambaout_femto.pth'),
-                             str(tmp_path / 'converted.pth'), '--arch', 'femto'],
-                            cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert 'loads strictly' in result.stdout
+    convert_checkpoint.main([str(tmp_path / 'mambaout_femto.pth'), str(tmp_path / 'converted.pth'), '--arch', 'femto'])
+    assert 'loads strictly' in capsys.readouterr().out
     converted = torch.load(tmp_path / 'converted.pth', weights_only=True)
     assert set(converted) == {k for k in femto_states[0] if not k.startswith('head.')}

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import tool_env, untrained_checkpoint
 from mambaout_tools.models import build_model, load_config
-from tools.analysis_tools import results_table
+from tools.analysis_tools import get_flops, results_table
 from tools.misc.make_toy_data import make_toy_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -142,8 +142,8 @@ def test_get_flops_cascade_mask_heads_on_100_proposals_as_published(jobs):
 
 
 def test_get_flops_rejects_a_missing_config(tmp_path):
-    proc = _run([os.path.join(TOOLS, 'analysis_tools', 'get_flops.py'), str(tmp_path / 'nope.py')])
-    assert proc.returncode != 0 and 'config file not found' in proc.stderr
+    with pytest.raises(SystemExit, match=f'^error: config file not found: {re.escape(str(tmp_path))}/nope.py$'):
+        get_flops.main([str(tmp_path / 'nope.py')])
 
 
 def _read_metrics(path):

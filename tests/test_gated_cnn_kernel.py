@@ -301,6 +301,7 @@ def test_compiled_block_keeps_what_the_eager_kernel_keeps():
         sizes.append(0 if t.untyped_storage().data_ptr() in param_storages else t.numel())
         return t
     compiled = _compiled(block.residual)
+    compiled(x)  # traced and compiled here, outside the hooks: torch 2.4 runs them on its tracing tensors too
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         compiled(x)
     assert 6 <= sum(sizes) / x.numel() <= 6.5  # 6.33 channel-widths, as eager
@@ -375,22 +376,23 @@ def _logged_losses(work_dir):
 def test_toy_segmentor_trained_with_mmengine_compile_learns_as_the_eager_one(tmp_path):
     # mmengine's compile=True: torch.compile with inductor of the model's train_step, the blocks as the
     # operators, and the optimizer's step over the recipe's paramwise_cfg groups
-    # (backbones.runner_hooks.PlainParamGroupsHook). Compiling takes about 7 minutes on a 2-core CPU, so both
+    # (backbones.runner_hooks.PlainParamGroupsHook). Compiling takes minutes on a 2-core CPU, so both
     # trainings stop after 30 iterations of the toy schedule, where the toy set is already learnt (mIoU about 77,
-    # the threshold of tests/test_toy_training.py is 60): same seed, same data order, so the compiled losses
-    # follow the eager ones up to float reassociation.
-    from test_toy_training import SEG, SEG_MIN_MIOU, train_and_test
+    # the threshold of tests/test_toy_training.py is 60), and validate there (eagerly: mmengine compiles the
+    # train step only): same seed, same data order, so the compiled losses follow the eager ones up to float
+    # reassociation.
+    from test_toy_training import SEG, SEG_MIN_MIOU, train_and_validate
 
     from tools.misc.make_toy_data import make_toy_data
     make_toy_data(str(tmp_path / 'data' / 'toy'))
-    short = ['train_cfg.max_iters=30']
-    eager = train_and_test(SEG, tmp_path / 'seg_eager', tmp_path, train_options=short)
-    compiled = train_and_test(SEG, tmp_path / 'seg_compiled', tmp_path, train_options=[*short, 'compile=True'])
+    short = ['train_cfg.max_iters=30', 'train_cfg.val_interval=30']
+    eager, compiled = (train_and_validate(SEG, tmp_path / name, tmp_path, train_options=short + options)['mIoU']
+                       for name, options in (('seg_eager', []), ('seg_compiled', ['compile=True'])))
     train_log = next(path for path in sorted((tmp_path / 'seg_compiled').glob('*/*.log')))
     assert 'Model has been "compiled"' in train_log.read_text()
     eager_losses, compiled_losses = _logged_losses(tmp_path / 'seg_eager'), _logged_losses(tmp_path / 'seg_compiled')
     assert sorted(compiled_losses) == sorted(eager_losses) == [10, 20, 30], (eager_losses, compiled_losses)
     for step, loss in eager_losses.items():
         assert abs(compiled_losses[step] - loss) <= 0.01 * loss, (step, eager_losses, compiled_losses)
-    assert eager['mIoU'] >= SEG_MIN_MIOU and compiled['mIoU'] >= SEG_MIN_MIOU, (eager, compiled)
-    assert abs(compiled['mIoU'] - eager['mIoU']) <= 2.0, (eager, compiled)
+    assert eager >= SEG_MIN_MIOU and compiled >= SEG_MIN_MIOU, (eager, compiled)
+    assert abs(compiled - eager) <= 2.0, (eager, compiled)

@@ -124,6 +124,13 @@ def _fake_python(tmp_path, version):
     return str(python)
 
 
+def _install_env(**variables):
+    """This environment without the stack's variables that a ``make TORCH=... TORCHVISION=...`` running the tests
+    exports to them, plus ``variables``."""
+    env = {key: value for key, value in os.environ.items() if key not in ('PYTHON_BIN', 'TORCH', 'TORCHVISION', 'VENV')}
+    return dict(env, **variables)
+
+
 @pytest.mark.parametrize('stack, said', [
     (dict(TORCH='2.0.1'), 'TORCH=2.0.1 is not supported: torch 2.1-2.14 are'),
     (dict(TORCH='2.15.0'), 'TORCH=2.15.0 is not supported'),
@@ -135,9 +142,7 @@ def _fake_python(tmp_path, version):
     (dict(PYTHON_BIN='/nonexistent/python3.10'), 'does not run here'),
 ])
 def test_unsupported_stack_is_one_error_before_anything_is_made(tmp_path, stack, said):
-    env = dict(os.environ, VENV=str(tmp_path / 'venv'), PYTHON_BIN=_fake_python(tmp_path, '3.11'))
-    env.pop('TORCH', None)
-    env.pop('TORCHVISION', None)
+    env = _install_env(VENV=str(tmp_path / 'venv'), PYTHON_BIN=_fake_python(tmp_path, '3.11'))
     for key, value in stack.items():
         env[key] = _fake_python(tmp_path, value) if key == 'PYTHON_BIN' and '/' not in value else value
     result = subprocess.run(['bash', INSTALL_SH], env=env, capture_output=True, text=True)
@@ -151,7 +156,7 @@ def test_venv_of_another_python_is_one_error(tmp_path):
     venv = tmp_path / 'venv'
     (venv / 'bin').mkdir(parents=True)
     os.symlink(_fake_python(tmp_path, '3.11'), venv / 'bin' / 'python')
-    env = dict(os.environ, VENV=str(venv), PYTHON_BIN=_fake_python(tmp_path, '3.10'), TORCH='2.1.2')
+    env = _install_env(VENV=str(venv), PYTHON_BIN=_fake_python(tmp_path, '3.10'), TORCH='2.1.2')
     result = subprocess.run(['bash', INSTALL_SH], env=env, capture_output=True, text=True)
     assert result.returncode == 2
     assert 'is a Python 3.11 venv, but PYTHON_BIN is Python 3.10: set VENV=' in result.stderr

@@ -9,6 +9,7 @@ import importlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -79,26 +80,41 @@ def toy_dir(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def stock_segmentor(toy_dir):
-    """3 iterations with mmseg's own train.py, then resumed by it to 6; and 6 straight with ours."""
-    stock = toy_dir / 'seg_stock'
-    common = ['--work-dir', str(stock), '--cfg-options', *DETERMINISTIC_SEG]
-    run([stock_script('mmseg', 'train.py'), SEG, *common, 'train_cfg.max_iters=3'], toy_dir)
-    resumed_log = run([stock_script('mmseg', 'train.py'), SEG, '--resume', *common, 'train_cfg.max_iters=6'], toy_dir)
+    """3 iterations with mmseg's own train.py, then resumed by it to 6; the same 3 iterations resumed to 6 by
+    our tools/train.py; and 6 straight with ours."""
+    stock, ours_resumed = toy_dir / 'seg_stock', toy_dir / 'seg_ours_resumed'
+    common = ['--cfg-options', *DETERMINISTIC_SEG]
+    run([stock_script('mmseg', 'train.py'), SEG, '--work-dir', str(stock), *common, 'train_cfg.max_iters=3'], toy_dir)
+    shutil.copytree(stock, ours_resumed)  # its last_checkpoint names iter_3.pth
+    resumed_log = run([stock_script('mmseg', 'train.py'), SEG, '--work-dir', str(stock), '--resume', *common,
+                       'train_cfg.max_iters=6'], toy_dir)
+    ours_resumed_log = run([os.path.join(ROOT, 'tools', 'train.py'), SEG, '--work-dir', str(ours_resumed), '--resume',
+                            *common, 'train_cfg.max_iters=6'], toy_dir)
     ours = toy_dir / 'seg_ours'
-    run([os.path.join(ROOT, 'tools', 'train.py'), SEG, '--work-dir', str(ours), '--cfg-options', *DETERMINISTIC_SEG,
-         'train_cfg.max_iters=6'], toy_dir)
-    return stock, ours, resumed_log
+    run([os.path.join(ROOT, 'tools', 'train.py'), SEG, '--work-dir', str(ours), *common, 'train_cfg.max_iters=6'],
+        toy_dir)
+    return dict(stock=stock, ours=ours, resumed_log=resumed_log, ours_resumed=ours_resumed,
+                ours_resumed_log=ours_resumed_log)
+
+
+@pytest.fixture(scope='module')
+def our_segmentor_metrics(stock_segmentor, toy_dir):
+    """Our tools/test.py on mmseg's resumed checkpoint, single-scale and with TTA: what mmseg's and mim's test
+    scripts must print."""
+    checkpoint = stock_segmentor['stock'] / 'iter_6.pth'
+    return {options: our_test_metrics(SEG, checkpoint, toy_dir / 'seg_test_ours', toy_dir, *options)
+            for options in ((), ('--tta',))}
 
 
 def test_training_checkpoints_load_weights_only(stock_segmentor):
-    stock, _, _ = stock_segmentor
+    stock = stock_segmentor['stock']
     checkpoint = torch.load(stock / 'iter_3.pth', weights_only=True)  # torch's default from 2.6 on
     assert isinstance(checkpoint['message_hub']['runtime_info']['best_score'], float)  # was a numpy float32
     assert len(checkpoint[LOG_SCALARS_KEY]['train/loss']['log_history']) == 3
 
 
 def test_stock_mmseg_resume_continues_exactly_as_a_straight_run(stock_segmentor):
-    stock, ours, resumed_log = stock_segmentor
+    stock, ours, resumed_log = stock_segmentor['stock'], stock_segmentor['ours'], stock_segmentor['resumed_log']
     assert 'resumed epoch: 0, iter: 3' in resumed_log
     assert_same_weights(trained_weights(stock / 'iter_6.pth'), trained_weights(ours / 'iter_6.pth'))
     # The runner state too: the resumed run's loss and lr history holds the 3 restored iterations.
@@ -108,18 +124,27 @@ def test_stock_mmseg_resume_continues_exactly_as_a_straight_run(stock_segmentor)
         torch.testing.assert_close(resumed[key]['log_history'], straight[key]['log_history'], rtol=0, atol=1e-6)
 
 
-def test_stock_mmseg_test_single_and_multi_scale_match_ours(stock_segmentor, toy_dir):
-    stock, _, _ = stock_segmentor
-    checkpoint = stock / 'iter_6.pth'
-    for options in ((), ('--tta',)):
+def test_our_train_resumes_a_stock_training_exactly_as_a_straight_run(stock_segmentor):
+    """tools/train.py --resume from the checkpoint mmseg's train.py wrote after 3 iterations: the 6 iterations
+    of a straight run, to the weight."""
+    resumed, straight = stock_segmentor['ours_resumed'], stock_segmentor['ours']
+    assert 'resumed epoch: 0, iter: 3' in stock_segmentor['ours_resumed_log']
+    got, expected = trained_weights(resumed / 'iter_6.pth'), trained_weights(straight / 'iter_6.pth')
+    assert not torch.equal(trained_weights(resumed / 'iter_3.pth')['backbone.stem.conv1.weight'],
+                           got['backbone.stem.conv1.weight'])  # it did train after resuming
+    assert_same_weights(got, expected)
+
+
+def test_stock_mmseg_test_single_and_multi_scale_match_ours(stock_segmentor, our_segmentor_metrics, toy_dir):
+    checkpoint = stock_segmentor['stock'] / 'iter_6.pth'
+    for options, expected in our_segmentor_metrics.items():
         log = run([stock_script('mmseg', 'test.py'), SEG, str(checkpoint), '--work-dir', str(toy_dir / 'seg_test'),
                    *options], toy_dir)
-        expected = our_test_metrics(SEG, checkpoint, toy_dir / 'seg_test_ours', toy_dir, *options)
         assert logged_test_metrics(log)['mIoU'] == pytest.approx(expected['mIoU'], abs=0.01), options
 
 
 def test_stock_mmseg_load_from_starts_from_the_checkpoint(stock_segmentor, toy_dir):
-    stock, _, _ = stock_segmentor
+    stock = stock_segmentor['stock']
     work_dir = toy_dir / 'seg_load_from'
     # lr 0: the weights written after one iteration are the loaded ones (backbone: LayerNorms only, no
     # running statistics that a step would change).
@@ -146,13 +171,13 @@ def test_stock_mmdet_train_test_and_resume(toy_dir):
         assert stock[key] == pytest.approx(ours[key], abs=1e-3), key
 
 
-def test_mim_trains_and_tests_with_our_configs(toy_dir):
-    """The mim commands of docs/train_test.md, with the toy config."""
+def test_mim_trains_and_tests_with_our_configs(stock_segmentor, our_segmentor_metrics, toy_dir):
+    """The mim commands of docs/train_test.md, with the toy config: mim train writes a checkpoint that torch
+    reads weights-only, mim test --tta prints our multi-scale mIoU."""
     work_dir = toy_dir / 'seg_mim'
     run(['-m', 'mim', 'train', 'mmseg', SEG, '--work-dir', str(work_dir), '--cfg-options', 'train_cfg.max_iters=2',
          'default_hooks.checkpoint.interval=2', 'train_cfg.val_interval=100'], toy_dir)
-    checkpoint = work_dir / 'iter_2.pth'
-    log = run(['-m', 'mim', 'test', 'mmseg', SEG, '--checkpoint', str(checkpoint), '--work-dir', str(work_dir),
-               '--tta'], toy_dir)
-    expected = our_test_metrics(SEG, checkpoint, toy_dir / 'seg_mim_ours', toy_dir, '--tta')
-    assert logged_test_metrics(log)['mIoU'] == pytest.approx(expected['mIoU'], abs=0.01)
+    assert torch.load(work_dir / 'iter_2.pth', weights_only=True)['meta']['iter'] == 2
+    log = run(['-m', 'mim', 'test', 'mmseg', SEG, '--checkpoint', str(stock_segmentor['stock'] / 'iter_6.pth'),
+               '--work-dir', str(work_dir), '--tta'], toy_dir)
+    assert logged_test_metrics(log)['mIoU'] == pytest.approx(our_segmentor_metrics[('--tta',)]['mIoU'], abs=0.01)

@@ -2,7 +2,7 @@
 
     python tools/analysis_tools/benchmark.py CONFIG [--shape H W] [--batch-size N] [--amp] [--iters N] [--warmup N]
                               [--backbone-only] [--compare [--sequential]] [--device cpu|cuda] [--compile]
-                              [--threads N] [--saved-activations]
+                              [--threads N] [--saved-activations] [--cfg-options KEY=VALUE ...]
 
 Builds the model of an mmdet or mmseg config (the config's ``default_scope`` says which) with random
 weights (no pretrained download) and times, on random inputs of the config's input size (detection:
@@ -43,6 +43,7 @@ import statistics
 import time
 
 import torch
+from mmengine.config import DictAction
 from torch import nn
 
 from backbones import gated_cnn_kernel
@@ -104,6 +105,9 @@ def parse_args(argv=None):
                         help='no timing: the bytes autograd keeps for backward in one training forward under '
                              'autocast (fp16 on CUDA, bf16 with CUDA\'s rules on CPU: the same bytes), parameters '
                              'excluded, per variant, and the ratios')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+                        help='override settings of the config, as in mmdet\'s and mmseg\'s tools, e.g. '
+                             'model.train_cfg.rcnn.sampler.num=64')
     args = parser.parse_args(argv)
     if args.device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda: CUDA is not available (torch.cuda.is_available() is False)')
@@ -376,7 +380,7 @@ def main(argv=None):
 def run(args):
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.cfg_options)
     scope = cfg.default_scope
     if cfg.model.get('backbone') is None:
         raise ValueError(f'{args.config}: no model.backbone in the config')

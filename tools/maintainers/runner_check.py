@@ -232,7 +232,7 @@ def run_check(config: str, iters: int, work_dir: str, batch_size: Optional[int] 
     return result
 
 
-PROG = 'py'
+PROG = 'runner_check.py'
 MIN_SIDE = 32  # the backbone's total stride
 
 
