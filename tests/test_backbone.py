@@ -34,7 +34,11 @@ def expected_sizes(h, w):
     return sizes
 
 
-@pytest.mark.parametrize('arch', ALL_ARCHS)
+# base_short_rw, base_tall_rw and base_plus_rw are base_wide_rw's code at other depths and ratios (4-12 s each
+# on 2 cores): the slow tier's.
+@pytest.mark.parametrize('arch', [pytest.param(a, marks=pytest.mark.slow) if a in ('base_short_rw', 'base_tall_rw',
+                                                                                 'base_plus_rw') else a
+                                  for a in ALL_ARCHS])
 def test_same_network_as_timm(arch, timm_model):
     reference = timm_model(arch)
     model = MambaOut(arch, with_output_norm=False).eval()

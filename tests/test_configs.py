@@ -2,6 +2,7 @@
 paper's recipe, so that a later edit cannot drift silently."""
 import glob
 import os
+import re
 
 import pytest
 import torch
@@ -46,8 +47,14 @@ def test_every_experiment_config_is_in_the_metafile_and_back():
     assert all(m['Name'] == os.path.splitext(os.path.basename(m['Config']))[0] for m in models)
 
 
-# Cascade Mask R-CNN (three box heads) takes 10-15 s a config on 2 cores: the slow tier's.
-@pytest.mark.parametrize('path', [pytest.param(p, marks=pytest.mark.slow) if 'cascade' in os.path.basename(p) else p
+def _slow_to_build(path):
+    """Cascade Mask R-CNN (three box heads, 10-15 s a config on 2 cores) and the S and B sizes (5-9 s: the T
+    configs' code at other depths and widths) are the slow tier's; the fast tier builds the T, toy and custom ones."""
+    name = os.path.basename(path)
+    return 'cascade' in name or re.search(r'_mambaout_[sb]_', name) is not None
+
+
+@pytest.mark.parametrize('path', [pytest.param(p, marks=pytest.mark.slow) if _slow_to_build(p) else p
                                   for p in CONFIGS], ids=lambda p: os.path.relpath(p, os.path.join(ROOT, 'configs')))
 def test_config_builds_and_computes_a_loss(path):
     cfg = load_config(path)
