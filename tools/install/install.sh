@@ -123,7 +123,7 @@ if ! mmcv_ok; then
   [ -n "$wheel" ] || wheel=$(ls "$build_dir"/mmcv-2.1.0-*.whl 2>/dev/null | head -n1 || true)
   if [ -z "$wheel" ]; then
     log "building mmcv 2.1.0 with its $ops_kind ops from source for torch $TORCH, $(mmcv_cxx_std "$PY") \
-(CPU ops: 10-25 min on 2 cores)"
+(CPU ops: 10-35 min on 2 cores)"
     src="$(mktemp -d)"
     "$PY" -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: "mmcv==2.1.0" -d "$src"
     wheel=$(build_mmcv_wheel "$PY" "$src"/mmcv-2.1.0.tar.gz "$build_dir" ${MMCV_CUDA:+cuda})
