@@ -5,7 +5,6 @@ then under torch.compile: the operators in the graph, no graph break, the same n
 with one warning where torch has no custom operators. The branches the kernel takes on CUDA (aten's
 depthwise-conv backward, unchunked inference) run here on the CPU through
 ``gated_cnn_kernel.emulate_device_branches('cuda')``."""
-import json
 import warnings
 
 import pytest
@@ -365,12 +364,6 @@ def test_compiled_without_custom_ops_runs_the_plain_modules_and_says_so_once(mon
             assert torch.equal(out, b._residual_plain(x))
 
 
-def _logged_losses(work_dir):
-    """{iteration: loss} of a training's ``vis_data/scalars.json`` (mmengine's LoggerHook, every 10 iterations)."""
-    scalars = next(work_dir.glob('*/vis_data/scalars.json')).read_text().splitlines()
-    return {record['step']: record['loss'] for record in map(json.loads, scalars) if 'loss' in record}
-
-
 @pytest.mark.slow
 @needs_custom_ops
 def test_toy_segmentor_trained_with_mmengine_compile_learns_as_the_eager_one(tmp_path):
@@ -381,7 +374,7 @@ def test_toy_segmentor_trained_with_mmengine_compile_learns_as_the_eager_one(tmp
     # the threshold of tests/test_toy_training.py is 60), and validate there (eagerly: mmengine compiles the
     # train step only): same seed, same data order, so the compiled losses follow the eager ones up to float
     # reassociation.
-    from test_toy_training import SEG, SEG_MIN_MIOU, train_and_validate
+    from test_toy_training import SEG, SEG_MIN_MIOU, logged_scalars, train_and_validate
 
     from tools.misc.make_toy_data import make_toy_data
     make_toy_data(str(tmp_path / 'data' / 'toy'))
@@ -390,7 +383,8 @@ def test_toy_segmentor_trained_with_mmengine_compile_learns_as_the_eager_one(tmp
                        for name, options in (('seg_eager', []), ('seg_compiled', ['compile=True'])))
     train_log = next(path for path in sorted((tmp_path / 'seg_compiled').glob('*/*.log')))
     assert 'Model has been "compiled"' in train_log.read_text()
-    eager_losses, compiled_losses = _logged_losses(tmp_path / 'seg_eager'), _logged_losses(tmp_path / 'seg_compiled')
+    eager_losses, compiled_losses = ({record['step']: record['loss'] for record in logged_scalars(tmp_path / name)
+                                      if 'loss' in record} for name in ('seg_eager', 'seg_compiled'))
     assert sorted(compiled_losses) == sorted(eager_losses) == [10, 20, 30], (eager_losses, compiled_losses)
     for step, loss in eager_losses.items():
         assert abs(compiled_losses[step] - loss) <= 0.01 * loss, (step, eager_losses, compiled_losses)

@@ -44,6 +44,12 @@ def run(args, cwd):
     return result
 
 
+def logged_scalars(work_dir):
+    """The records of a training's ``vis_data/scalars.json`` (mmengine's LoggerHook): the training ones (with
+    ``loss``) every logging interval, a validation's metrics where it validated."""
+    return [json.loads(line) for line in next(work_dir.glob('*/vis_data/scalars.json')).read_text().splitlines()]
+
+
 def train_and_validate(config, work_dir, cwd, nproc=1, train_options=()):
     """Trains with tools/train.py (tools/dist_train.sh for ``nproc`` > 1) and returns the metrics of the validation
     at the end of the schedule (the toy configs' val_interval; the validation set is the test set), as mmengine
@@ -51,8 +57,7 @@ def train_and_validate(config, work_dir, cwd, nproc=1, train_options=()):
     launch = ([sys.executable, os.path.join(ROOT, 'tools', 'train.py'), config] if nproc == 1 else
               ['bash', os.path.join(ROOT, 'tools', 'dist_train.sh'), config, str(nproc)])
     run([*launch, '--work-dir', str(work_dir), *(['--cfg-options', *train_options] if train_options else [])], cwd)
-    scalars = next(work_dir.glob('*/vis_data/scalars.json')).read_text().splitlines()
-    validations = [record for record in map(json.loads, scalars) if 'loss' not in record]
+    validations = [record for record in logged_scalars(work_dir) if 'loss' not in record]
     assert validations, f'no validation logged in {work_dir}'
     return validations[-1]
 

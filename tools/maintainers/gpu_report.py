@@ -134,15 +134,17 @@ def build_steps(dry_run: bool) -> List[Step]:
     if dry_run:
         for step in steps:
             step.env['CUDA_VISIBLE_DEVICES'] = ''  # CPU, also on a machine with a GPU
-        compiled, mask_rcnn, upernet, runner_det = steps[1], steps[2], steps[3], steps[5]
+        named = {step.name: step for step in steps}
+        compiled, mask_rcnn, upernet, runner_det = (named[name] for name in ('backbone-compiled', 'mask-rcnn',
+                                                                              'upernet', 'runner-det'))
         compiled.env['TORCHDYNAMO_DISABLE'] = '1'
         compiled.note = ('dry run: torch.compile is a no-op here (TORCHDYNAMO_DISABLE=1); compiling three backbones '
                          'with inductor on CPU takes minutes')
         mask_rcnn.argv.remove('--amp')
         mask_rcnn.note = ('dry run: fp32; `--amp` on CPU is bfloat16 autocast, and mmcv 2.1.0\'s CPU NMS (in the '
                           'RPN) has no bfloat16 kernel ("expected scalar type Float but found BFloat16")')
-        # The RoI heads on 512 sampled RoIs per image take most of a tiny Mask R-CNN step on CPU (8 s of 10 at
-        # 64x96, whatever the image size): 64 of them in the dry run.
+        # The RoI heads on 512 sampled RoIs per image take most of a tiny Mask R-CNN step on CPU (4.5 of 7.6 s at
+        # 64x96, batch 2, one thread, whatever the image size): 64 of them in the dry run.
         fewer_rois = '64 RoIs sampled per image instead of the recipe\'s 512 (`--cfg-options`)'
         for step in (mask_rcnn, runner_det):
             step.argv += ['--cfg-options', DRY_RUN_ROI_SAMPLES]
