@@ -351,8 +351,10 @@ def _fc2_backward(spec, dtype, grad, saved, conv_out, params, needs):
 
 
 def _gating_backward(spec, saved, conv_out, act, buf, grad_gated):
-    """``(d gate, d identity, d conv out)``; d gate = act'(gate) * d gated * cat(identity, conv_out),
-    computed in ``buf``."""
+    """``(d gate, d identity, d conv out)``, each in a buffer backward holds already, so that this phase needs
+    no new hidden-wide tensor: d gate = act'(gate) * d gated * cat(identity, conv_out) in ``buf``, then
+    d conv out = d gated * act in ``conv_out`` (which d gate was the last to read) and d identity = d gated *
+    act in act's identity channels (a view: fc1's backward reads it as a strided matrix)."""
     n_id = spec.identity_channels
     gate, identity = saved.gate_id[..., :spec.hidden], saved.gate_id[..., spec.hidden:]
     torch.mul(grad_gated[..., :n_id], identity, out=buf[..., :n_id])
@@ -361,8 +363,8 @@ def _gating_backward(spec, saved, conv_out, act, buf, grad_gated):
         torch.ops.aten.gelu_backward.grad_input(buf, gate, approximate=spec.gelu_approximate, grad_input=buf)
     else:
         torch.ops.aten.silu_backward.grad_input(buf, gate, grad_input=buf)
-    grad_id = grad_gated[..., :n_id] * act[..., :n_id]
-    grad_conv_out = grad_gated[..., n_id:] * act[..., n_id:]
+    grad_conv_out = torch.mul(grad_gated[..., n_id:], act[..., n_id:], out=conv_out)
+    grad_id = act[..., :n_id].mul_(grad_gated[..., :n_id])
     return buf, grad_id, grad_conv_out
 
 

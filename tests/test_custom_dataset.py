@@ -72,7 +72,7 @@ def edit_template(template, copy, **values):
 def run_guide_command(command, cwd):
     args = shlex.split(command)
     assert args[0] == 'python' and args[1].startswith('tools/'), command
-    env = tool_env(OMP_NUM_THREADS='2')
+    env = tool_env(OMP_NUM_THREADS='1')
     result = subprocess.run([sys.executable, os.path.join(ROOT, args[1]), *args[2:]], cwd=cwd, env=env,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, command + '\n' + result.stdout[-3000:] + result.stderr[-3000:]

@@ -194,13 +194,13 @@ def test_toy_checkpoint_before_make_demo_is_one_error_line(tmp_path, monkeypatch
     # a work dir whose last checkpoint is gone says the same; one that has it gives it
     work_dir = tmp_path / 'work_dirs' / 'demo' / 'upernet'
     work_dir.mkdir(parents=True)
-    (work_dir / 'last_checkpoint').write_text(str(work_dir / 'iter_300.pth'))
+    (work_dir / 'last_checkpoint').write_text(str(work_dir / 'iter_150.pth'))
     with pytest.raises(SystemExit, match=r'in work_dirs/demo/upernet: run `make demo` .* or pass --seg CONFIG'):
         web_demo.demo_model(web_demo.SEG_NAME)
-    (work_dir / 'iter_300.pth').write_bytes(b'')
+    (work_dir / 'iter_150.pth').write_bytes(b'')
     assert web_demo.demo_model(web_demo.SEG_NAME) == (os.path.join(str(tmp_path), 'configs', 'toy',
                                                                    'upernet_mambaout_toy.py'),
-                                                      str(work_dir / 'iter_300.pth'))
+                                                      str(work_dir / 'iter_150.pth'))
 
 
 @pytest.mark.slow  # make_toy_data.py as a subprocess
