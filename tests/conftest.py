@@ -29,8 +29,9 @@ from mambaout_tools.models import save_untrained_checkpoint as untrained_checkpo
 # a file each at a time, taken in collection order: the Makefile's --no-loadscope-reorder) then start with them
 # and end together, instead of one worker starting a 15-minute file when the rest is done. The other files
 # follow by their number of selected tests, most first (xdist's own order), so short files fill the end.
-LONGEST_FILES_FIRST = ('test_toy_training.py', 'test_toy_segmentation.py', 'test_gpu_report.py',
-                       'test_gated_cnn_kernel.py', 'test_custom_dataset.py', 'test_stock_scripts.py', 'test_launch.py')
+LONGEST_FILES_FIRST = ('test_toy_training.py', 'test_stock_scripts.py', 'test_gated_cnn_kernel.py',
+                       'test_gpu_report.py', 'test_toy_segmentation.py', 'test_custom_dataset.py', 'test_launch.py',
+                       'test_flops_and_results.py')
 
 
 def pytest_collection_modifyitems(items):

@@ -1,5 +1,5 @@
 """The embedded default segmentor really learns: after the toy schedule its mIoU, single-scale and with the
-config's multi-scale + flip TTA, is far above an untrained model's. A file of its own, so that pytest-xdist runs
+config's multi-scale + flip TTA, is far above an untrained model's. A file of its own, so that pytest-xdist can run
 it beside the detector's trainings (tests/test_toy_training.py), whose helpers and thresholds it uses."""
 import pytest
 from conftest import untrained_checkpoint
