@@ -369,8 +369,9 @@ def _gating_backward(spec, saved, conv_out, act, buf, grad_gated):
 
 
 def _fc1_and_norm_backward(spec, dtype, x, grad_parts, params, need_x, needs):
-    """fc1, one matmul per part of its output (contiguous operands, no 2 * hidden-wide gradient buffer), then
-    LayerNorm, recomputed: ``(d x, d norm weight, d norm bias, d fc1 weight, d fc1 bias)``."""
+    """fc1, one matmul per part of its output (no 2 * hidden-wide gradient buffer; each part a row-major matrix,
+    d identity's with act's row stride), then LayerNorm, recomputed: ``(d x, d norm weight, d norm bias,
+    d fc1 weight, d fc1 bias)``."""
     dim = x.shape[-1]
     parts = [t.reshape(x.shape[:-1].numel(), t.shape[-1]) for t in grad_parts]  # no -1: a part may be empty
     norm_w, norm_b = params.norm_weight.to(x.dtype), params.norm_bias.to(x.dtype)

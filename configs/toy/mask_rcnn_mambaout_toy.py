@@ -48,7 +48,7 @@ test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
 test_evaluator = val_evaluator
 
-max_epochs = 6  # bbox/segm mAP about 0.52 / 0.55 on the toy set (docs/demo.md)
+max_epochs = 6  # bbox/segm mAP 0.52 / 0.53-0.55 on the toy set (docs/demo.md)
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
